@@ -1,0 +1,43 @@
+"""Shared fixtures: the real test inputs (../shared/data, skimage) and the pack location."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# The node package (nodes/) is not pip-installed; tests import it from the checkout.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("FYE_SHARED", REPO.parent / "shared"))
+DATA = SHARED / "data"
+DRIVING_VIDEO = DATA / "driving_expressions.mp4"
+FACE_TASK = DATA / "face_landmarker.task"
+FAKE_COMFY_DIR = Path(__file__).resolve().parent / "fake_comfy"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"test input {path} is missing: ../shared must sit beside the repository "
+                    "(or set FYE_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def driving_video() -> Path:
+    return _need(DRIVING_VIDEO)
+
+
+@pytest.fixture(scope="session")
+def face_task() -> Path:
+    return _need(FACE_TASK)
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    from skimage import data
+
+    return data.astronaut()

@@ -1,0 +1,39 @@
+import torch
+
+calls = []
+interrupted = False
+
+
+class InterruptProcessingException(Exception):
+    pass
+
+
+def get_torch_device():
+    return torch.device("cpu")
+
+
+def unet_offload_device():
+    return torch.device("cpu")
+
+
+def should_use_fp16(device=None, **kw):
+    return False
+
+
+def should_use_bf16(device=None, **kw):
+    return False
+
+
+def load_models_gpu(models, **kw):
+    calls.append(("load_models_gpu", len(models)))
+
+
+def soft_empty_cache(force=False):
+    calls.append(("soft_empty_cache",))
+
+
+def throw_exception_if_processing_interrupted():
+    global interrupted
+    if interrupted:
+        interrupted = False
+        raise InterruptProcessingException()
