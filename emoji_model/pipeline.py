@@ -1,0 +1,232 @@
+"""The inference pipeline: landmark features → (progressive) windowed sampling → streamed decoding.
+
+`generate_latents` samples a track whose frames all share one noise schedule (with context windows
+when it is longer than the temporal window); `progressive_latents` is the paper's long-video
+strategy (section 4.3): keyframes first, then every gap between two keyframes with both given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .errors import FYEError, InvalidRequestError
+from .runtime import resolve
+from .sampling import (
+    Conditioning,
+    SamplerSettings,
+    count_windows,
+    initial_noise,
+    keyframe_indices,
+    make_denoiser,
+    make_scheduler,
+    sample_windows,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .runtime import StandaloneRuntime
+
+log = logging.getLogger(__name__)
+
+LATENT_SCALE = 0.18215  # SD-1.5 VAE scaling factor: the sampler works on scaled latents
+
+
+def _to_control_tensor(control, device, dtype) -> torch.Tensor:
+    """Control renders (uint8 [F,H,W,3] or float [F,H,W,3] 0..1) → [1,3,F,H,W] in 0..1."""
+    import numpy as np
+    import torch
+
+    if isinstance(control, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(control))
+    else:
+        t = control
+    if t.ndim != 4 or t.shape[-1] != 3:
+        raise InvalidRequestError(f"control renders must be [frames, H, W, 3], got shape {tuple(t.shape)}")
+    t = t.to(torch.float32) / 255.0 if t.dtype == torch.uint8 else t.to(torch.float32)
+    return t.permute(3, 0, 1, 2)[None].to(device, dtype)  # "f h w c -> 1 c f h w"
+
+
+def landmark_features(model, control, device, dtype, chunk: int = 16) -> torch.Tensor:
+    """Landmark-guider features [1,320,F,h,w] of every control frame, computed once per video."""
+    import torch
+
+    num = control.shape[0]
+    if num == 0:
+        raise InvalidRequestError("the landmark track has zero frames")
+    parts = []
+    with torch.no_grad():
+        for s in range(0, num, chunk):
+            parts.append(model.encode_landmarks(_to_control_tensor(control[s:s + chunk], device, dtype)))
+    return torch.cat(parts, dim=2)
+
+
+def conditioning(reference, features: torch.Tensor, cfg: float) -> Conditioning:
+    """Stack the reference's unconditional and conditional branches for one batched forward."""
+    import torch
+
+    if cfg == 1.0:
+        return Conditioning(reference.prompt_tokens, list(reference.banks_cond), features, guided=False)
+    tokens = torch.cat([reference.uncond_prompt_tokens, reference.prompt_tokens])
+    banks = [torch.cat([u, c]) for u, c in zip(reference.banks_uncond, reference.banks_cond)]
+    return Conditioning(tokens, banks, features, guided=True)
+
+
+def _check_sizes(model, reference, control) -> tuple[int, int]:
+    """Latent height and width, after checking the reference and the control renders agree."""
+    lat = reference.latent
+    h, w = int(control.shape[1]), int(control.shape[2])
+    if h % 8 or w % 8:
+        raise InvalidRequestError(f"control renders must have sides divisible by 8, got {w}x{h}")
+    if (lat.shape[-2], lat.shape[-1]) != (h // 8, w // 8):
+        raise InvalidRequestError(
+            f"size mismatch: the reference was encoded at {lat.shape[-1] * 8}x{lat.shape[-2] * 8} but the "
+            f"landmark renders are {w}x{h}; render the aligned landmarks at the reference size")
+    return h // 8, w // 8
+
+
+def generate_latents(model, reference, control, settings: SamplerSettings = SamplerSettings(), *,
+                     device=None, dtype=None, runtime: StandaloneRuntime | None = None) -> torch.Tensor:
+    """Sample every frame of a track together (windows when longer than ``settings.window``).
+
+    Returns scaled latents [F,4,h,w] (divide by LATENT_SCALE before a VAE decode).
+    """
+    import torch
+
+    rt = resolve(runtime)
+    device = device or rt.torch_device()
+    dtype = dtype or torch.float32
+    settings.validate(model.max_frames)
+    h, w = _check_sizes(model, reference, control)
+    num = control.shape[0]
+    with torch.no_grad():
+        feats = landmark_features(model, control, device, dtype)
+        cond = conditioning(reference, feats, settings.cfg)
+        scheduler = make_scheduler(settings.scheduler, model.config.prediction_type)
+        scheduler.set_timesteps(settings.steps, device=device)
+        noise = initial_noise((1, 4, num, h, w), settings.seed, device, dtype)
+        denoiser = make_denoiser(model, cond, settings.cfg, settings.temporal)
+        total = count_windows(num, settings.window, settings.overlap, settings.steps)
+        with rt.progress(total, "sampling") as bar:
+            out = sample_windows(denoiser, noise * scheduler.init_noise_sigma, scheduler,
+                                 window=settings.window, overlap=settings.overlap, fusion=settings.fusion,
+                                 eta=settings.eta, seed=settings.seed, runtime=rt, bar=bar)
+    return out[0].permute(1, 0, 2, 3).contiguous()  # "1 c f h w -> f c h w"
+
+
+def progressive_latents(model, reference, control, settings: SamplerSettings = SamplerSettings(), *,
+                        keyframe_stride: int | None = None, known_mode: str = "auto", device=None,
+                        dtype=None, runtime: StandaloneRuntime | None = None) -> torch.Tensor:
+    """The paper's progressive long-video strategy (section 4.3); returns scaled latents [F,4,h,w].
+
+    1. keyframes every ``keyframe_stride`` frames (default window - 1) are sampled as one clip;
+    2. each gap between consecutive keyframes is sampled with both keyframes known: through the
+       covered-latent input channels when the checkpoint has them (``known_mode`` "covered"),
+       otherwise by replacing them at every step with their noised latents ("replace").
+    """
+    import torch
+
+    rt = resolve(runtime)
+    device = device or rt.torch_device()
+    dtype = dtype or torch.float32
+    settings.validate(model.max_frames)
+    h, w = _check_sizes(model, reference, control)
+    num = control.shape[0]
+    stride = keyframe_stride or max(1, settings.window - 1)
+    if stride + 1 > settings.window:
+        raise InvalidRequestError(
+            f"keyframe stride {stride} needs windows of {stride + 1} frames to hold a gap with both "
+            f"keyframes, but the window is {settings.window}; use a stride <= {settings.window - 1}")
+    has_cover = getattr(model.config, "cover_channels", 0) > 0
+    if known_mode == "auto":
+        known_mode = "covered" if has_cover else "replace"
+    if known_mode not in ("covered", "replace"):
+        raise InvalidRequestError(f"known_mode must be auto, covered or replace, got {known_mode!r}")
+    if known_mode == "covered" and not has_cover:
+        raise InvalidRequestError("this checkpoint has no covered-latent input channels; use known_mode 'replace'")
+    keys = keyframe_indices(num, stride)
+    gaps = [(a, b) for a, b in zip(keys, keys[1:]) if b - a > 1]
+    total = count_windows(len(keys), settings.window, settings.overlap, settings.steps)
+    total += settings.steps * len(gaps)
+    with torch.no_grad():
+        feats = landmark_features(model, control, device, dtype)
+        noise = initial_noise((1, 4, num, h, w), settings.seed, device, dtype)
+
+        def run(frames_feats, init, known=None, covered=None, mask=None, bar=None):
+            sched = make_scheduler(settings.scheduler, model.config.prediction_type)
+            sched.set_timesteps(settings.steps, device=device)
+            cond = conditioning(reference, frames_feats, settings.cfg)
+            den = make_denoiser(model, cond, settings.cfg, settings.temporal, covered, mask)
+            return sample_windows(den, init * sched.init_noise_sigma, sched, window=settings.window,
+                                  overlap=settings.overlap, fusion=settings.fusion, known=known,
+                                  replace_known=known_mode == "replace", noise=init, eta=settings.eta,
+                                  seed=settings.seed, runtime=rt, bar=bar)
+
+        with rt.progress(total, "progressive sampling") as bar:
+            # Stage 1: keyframes spread over the whole track, as one clip.
+            key_lat = run(feats[:, :, keys], noise[:, :, keys], bar=bar)
+            latents = noise.clone()
+            latents[:, :, keys] = key_lat
+            # Stage 2: fill each gap with its two keyframes known.
+            for a, b in gaps:
+                seg = slice(a, b + 1)
+                known = {0: key_lat[0, :, keys.index(a)], b - a: key_lat[0, :, keys.index(b)]}
+                covered = mask = None
+                if known_mode == "covered":
+                    covered = torch.zeros_like(noise[:, :, seg])
+                    mask = torch.zeros_like(covered[:, :1])
+                    for i, lat in known.items():
+                        covered[0, :, i] = lat
+                        mask[0, :, i] = 1.0
+                filled = run(feats[:, :, seg], noise[:, :, seg], known, covered, mask, bar=bar)
+                latents[:, :, a + 1:b] = filled[:, :, 1:-1]
+    return latents[0].permute(1, 0, 2, 3).contiguous()  # "1 c f h w -> f c h w"
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom) or "out of memory" in str(exc).lower()
+
+
+def with_oom_retry(run: Callable[[SamplerSettings], Any], settings: SamplerSettings,
+                   runtime: StandaloneRuntime | None = None, min_window: int = 2) -> Any:
+    """Run ``run(settings)``; on out-of-memory halve the window and retry, saying so in the log."""
+    rt = resolve(runtime)
+    while True:
+        try:
+            return run(settings)
+        except Exception as exc:  # noqa: BLE001 — only out-of-memory errors are handled here
+            if not _is_oom(exc):
+                raise
+            rt.free_memory()
+            if settings.window // 2 < min_window:
+                raise FYEError(
+                    f"out of memory even with a window of {settings.window} frames. Lower the resolution, "
+                    "load the model in fp16/bf16, or free memory held by other models.") from exc
+            smaller = replace(settings, window=settings.window // 2,
+                              overlap=min(settings.overlap, settings.window // 4))
+            log.warning("out of memory with a window of %d frames; retrying with %d",
+                        settings.window, smaller.window)
+            settings = smaller
+
+
+def decode_frames(vae_decode: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor,
+                  chunk: int = 8, runtime: StandaloneRuntime | None = None) -> Iterator[np.ndarray]:
+    """Stream uint8 frames [n,H,W,3] from scaled latents [F,4,h,w], ``chunk`` frames at a time.
+
+    ``vae_decode`` maps raw (unscaled) latents [n,4,h,w] to images [n,H,W,3] in 0..1.
+    """
+    import torch
+
+    rt = resolve(runtime)
+    for s in range(0, latents.shape[0], chunk):
+        rt.check_interrupt()
+        with torch.no_grad():
+            img = vae_decode(latents[s:s + chunk] / LATENT_SCALE)
+        yield (img.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
