@@ -1,0 +1,132 @@
+"""The denoising UNet (paper 3.2, 4): SD-1.5 spatial layers with reference attention + temporal layers."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from einops import rearrange, repeat
+from torch import nn
+
+from ..errors import InvalidRequestError
+from .appearance import _needs_size
+from .blocks import build_spatial_blocks, maybe_checkpoint, set_reference_processors
+from .config import FYEConfig
+
+
+class DenoisingUNet(nn.Module):
+    """SD UNet over frames folded into the batch, with AnimateDiff temporal layers.
+
+    Module names follow diffusers' ``UNet2DConditionModel`` for the spatial part and AnimateDiff's
+    ``*.motion_modules.*`` for the temporal part. Everything spatial is per frame (the released
+    "inflated" convolutions and group norms reshape frames into the batch); only the temporal
+    transformers mix frames. Each spatial self-attention attends over the frame's tokens plus the
+    matching appearance bank; landmark features are added right after ``conv_in``; with
+    ``config.cover_channels`` the covered latents and cover mask enter ``conv_in`` beside the sample.
+    """
+
+    def __init__(self, config: FYEConfig):
+        super().__init__()
+        self.config = config
+        c0 = config.block_out_channels[0]
+        self.conv_in = nn.Conv2d(config.unet_in_channels, c0, kernel_size=3, padding=1)
+        if config.cover_channels:
+            with torch.no_grad():
+                self.conv_in.weight[:, config.in_channels:].zero_()
+        self.time_proj = Timesteps(c0, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(c0, config.time_embed_dim)
+        self.down_blocks, self.mid_block, self.up_blocks = build_spatial_blocks(config, motion=True)
+        self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, c0, eps=config.norm_eps)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(c0, config.out_channels, kernel_size=3, padding=1)
+        set_reference_processors(self)
+        self.gradient_checkpointing = False
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, prompt_tokens: torch.Tensor,
+                banks: list[torch.Tensor] | None = None, bank_mask: torch.Tensor | None = None,
+                landmark_features: torch.Tensor | None = None, cover: torch.Tensor | None = None,
+                temporal: bool = True) -> torch.Tensor:
+        """Model output [B,C,F,h,w] for a sample [B,C,F,h,w] (see FollowYourEmoji.denoise)."""
+        b, _, frames, _, _ = sample.shape
+        ckpt = self.gradient_checkpointing and self.training
+        dtype = self.conv_in.weight.dtype
+        x = rearrange(sample.to(dtype), "b c f h w -> (b f) c h w")
+        if cover is not None:
+            x = torch.cat([x, rearrange(cover.to(dtype), "b c f h w -> (b f) c h w")], dim=1)
+
+        t = torch.as_tensor(timestep, device=x.device).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(b)
+        if t.shape[0] != b:
+            raise InvalidRequestError(f"timestep has {t.shape[0]} entries for a batch of {b}")
+        emb = self.time_embedding(self.time_proj(t).to(dtype))
+        emb = repeat(emb, "b c -> (b f) c", f=frames)
+        ctx = repeat(prompt_tokens.to(dtype), "b t d -> (b f) t d", f=frames)
+        bank_iter = iter(banks) if banks is not None else None
+        bank_rows = _bank_rows(bank_mask, frames, x.device)
+
+        def attend(attn, h, context, bank, rows):
+            kwargs = {"num_frames": frames}
+            if bank is not None:
+                kwargs.update(bank=bank, bank_rows=rows)
+            return attn(h, encoder_hidden_states=context, cross_attention_kwargs=kwargs, return_dict=False)[0]
+
+        def run_attention(attn, h):
+            bank = next(bank_iter).to(dtype) if bank_iter is not None else None
+            return maybe_checkpoint(ckpt, attend, attn, h, ctx, bank, bank_rows)
+
+        def run_motion(module, h):
+            if not temporal:
+                return h
+            return maybe_checkpoint(ckpt, module, h, frames)
+
+        h = self.conv_in(x)
+        if landmark_features is not None:
+            h = h + rearrange(landmark_features.to(dtype), "b c f h w -> (b f) c h w")
+
+        skips = [h]
+        for block in self.down_blocks:
+            attentions = getattr(block, "attentions", None)
+            for j, resnet in enumerate(block.resnets):
+                h = maybe_checkpoint(ckpt, resnet, h, emb)
+                if attentions is not None:
+                    h = run_attention(attentions[j], h)
+                h = run_motion(block.motion_modules[j], h)
+                skips.append(h)
+            if block.downsamplers is not None:
+                h = block.downsamplers[0](h)
+                skips.append(h)
+
+        mid_motion = getattr(self.mid_block, "motion_modules", None)
+        h = maybe_checkpoint(ckpt, self.mid_block.resnets[0], h, emb)
+        for k, (attn, resnet) in enumerate(zip(self.mid_block.attentions, self.mid_block.resnets[1:])):
+            h = run_attention(attn, h)
+            if mid_motion is not None:
+                h = run_motion(mid_motion[k], h)
+            h = maybe_checkpoint(ckpt, resnet, h, emb)
+
+        for block in self.up_blocks:
+            attentions = getattr(block, "attentions", None)
+            for j, resnet in enumerate(block.resnets):
+                h = maybe_checkpoint(ckpt, resnet, torch.cat([h, skips.pop()], dim=1), emb)
+                if attentions is not None:
+                    h = run_attention(attentions[j], h)
+                h = run_motion(block.motion_modules[j], h)
+            if block.upsamplers is not None:
+                size = skips[-1].shape[-2:] if _needs_size(x, self.config) else None
+                h = block.upsamplers[0](h, size)
+
+        if bank_iter is not None and next(bank_iter, None) is not None:
+            raise InvalidRequestError("more appearance banks were given than the UNet has attention layers")
+        h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
+        return rearrange(h, "(b f) c h w -> b c f h w", f=frames)
+
+
+def _bank_rows(bank_mask: torch.Tensor | None, frames: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Indices of the (b f) rows that attend to their bank and of those that do not; None when all do."""
+    if bank_mask is None:
+        return None
+    rows = repeat(bank_mask.to(device=device, dtype=torch.bool).reshape(-1), "b -> (b f)", f=frames)
+    if bool(rows.all()):
+        return None
+    return rows.nonzero().flatten(), (~rows).nonzero().flatten()

@@ -1,0 +1,197 @@
+"""Model nodes: load the Follow-Your-Emoji networks, and encode the reference portrait once per video."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .host import get_runtime
+
+log = logging.getLogger("emoji_model.nodes")
+
+CATEGORY = "FollowYourEmoji"
+NONE = "none"
+RELEASED_STEMS = ("referencenet", "unet", "lmk_guider")
+# Shown when models/follow_your_emoji is empty: the name the README's `convert` example writes.
+DEFAULT_CHECKPOINT = "fye_sd15.safetensors"
+SD15_LATENT_SCALE = 0.18215
+
+
+@dataclass
+class FYEModel:
+    """The FYE_MODEL value: the host's handle on the networks, plus what samplers need to know."""
+
+    handle: Any  # runtime.manage(model) inside ComfyUI, the module itself standalone
+    config: Any  # emoji_model.networks.FYEConfig
+    dtype: Any  # torch.dtype of the weights
+    source: str
+
+    @property
+    def scheduler(self) -> dict:
+        """The scheduler config the weights were trained with (FYEConfig.scheduler)."""
+        return dict(self.config.scheduler)
+
+    def module(self, runtime=None):
+        """The FollowYourEmoji module, loaded onto the compute device through the host's model management."""
+        return (runtime or get_runtime()).load_model(self.handle)
+
+
+def _manage(runtime, module):
+    manage = getattr(runtime, "manage", None)
+    return manage(module) if manage is not None else module
+
+
+def _choices(kind: str, with_none: bool = False, default: str | None = None) -> list[str]:
+    names = get_runtime().list_models(kind)
+    if not names and default is not None:
+        names = [default]  # running it then raises MissingModelError saying where the file goes
+    return ([NONE] if with_none else []) + names
+
+
+def _checkpoint_paths(runtime, name: str) -> list[Path]:
+    """One file of ours, or the set of released files when one of them is chosen."""
+    path = runtime.find_model("follow_your_emoji", name)
+    if path.stem in RELEASED_STEMS:
+        found = []
+        for stem in RELEASED_STEMS:
+            candidates = [p for p in path.parent.glob(f"{stem}.*") if p.suffix.lower() in (".pth", ".safetensors")]
+            if not candidates:
+                found.append(runtime.find_model("follow_your_emoji", str(path.parent / f"{stem}.pth")))
+            else:
+                found.append(sorted(candidates, key=lambda p: p.suffix != path.suffix)[0])
+        return found
+    return [path]
+
+
+class LoadModel:
+    NODE_ID = "FYE_LoadModel"
+    DISPLAY_NAME = "Load Follow-Your-Emoji Model"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Loads the Follow-Your-Emoji networks (appearance net, denoising UNet with temporal layers, "
+                   "landmark guider, image prompt) from models/follow_your_emoji: a file converted with "
+                   "`python -m emoji_model convert`, or the released referencenet/unet/lmk_guider files (pick "
+                   "any of the three). Optionally personalises the spatial layers with an SD-1.5 checkpoint "
+                   "(as a difference to its base model when one is given) and swaps in AnimateDiff motion modules.")
+    RETURN_TYPES = ("FYE_MODEL",)
+    RETURN_NAMES = ("fye_model",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "checkpoint": (_choices("follow_your_emoji", default=DEFAULT_CHECKPOINT), {
+                    "tooltip": "models/follow_your_emoji: a converted .safetensors, or one of the released files"}),
+                "dtype": (["auto", "fp16", "bf16", "fp32"], {
+                    "default": "auto", "tooltip": "weight precision; auto follows the device"}),
+            },
+            "optional": {
+                "sd_checkpoint": (_choices("checkpoints", with_none=True), {
+                    "default": NONE,
+                    "tooltip": "a personalised SD-1.5 checkpoint for the appearance net and the UNet's spatial "
+                               "layers"}),
+                "sd_base": (_choices("checkpoints", with_none=True), {
+                    "default": NONE,
+                    "tooltip": "the SD-1.5 the personalised checkpoint was fine-tuned from: its difference is "
+                               "added to the Follow-Your-Emoji weights. Without it the spatial weights are "
+                               "replaced, which discards what Follow-Your-Emoji learned"}),
+                "sd_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                          "tooltip": "scale of the added difference (with sd_base)"}),
+                "motion_module": (_choices("animatediff_models", with_none=True), {
+                    "default": NONE, "tooltip": "AnimateDiff v2 motion modules for the temporal layers"}),
+            },
+        }
+
+    def load(self, checkpoint, dtype, sd_checkpoint=NONE, sd_base=NONE, sd_strength=1.0, motion_module=NONE):
+        from emoji_model.checkpoints import load_model, load_motion_module, load_sd_unet
+
+        runtime = get_runtime()
+        torch_dtype = runtime.choose_dtype(dtype)
+        paths = _checkpoint_paths(runtime, checkpoint)
+        model = load_model(paths, device=runtime.offload_device(), dtype=torch_dtype)
+        if sd_checkpoint and sd_checkpoint != NONE:
+            base = runtime.find_model("checkpoints", sd_base) if sd_base and sd_base != NONE else None
+            if base is None:
+                log.warning("replacing the spatial weights with %s: without sd_base the Follow-Your-Emoji "
+                            "training of those layers is lost", sd_checkpoint)
+            load_sd_unet(model, runtime.find_model("checkpoints", sd_checkpoint), base=base, weight=sd_strength)
+        if motion_module and motion_module != NONE:
+            load_motion_module(model, runtime.find_model("animatediff_models", motion_module))
+        source = ", ".join(p.name for p in paths)
+        return (FYEModel(handle=_manage(runtime, model), config=model.config, dtype=torch_dtype, source=source),)
+
+
+class ReferenceEncoder:
+    NODE_ID = "FYE_ReferenceEncoder"
+    DISPLAY_NAME = "Encode Reference Portrait (Follow-Your-Emoji)"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Encodes the reference portrait once per video: its VAE latent, its CLIP image tokens "
+                   "through the image prompt (and the zeroed unconditional ones), and the appearance net's "
+                   "features that every frame's self-attention will attend to. The image is resized to cover "
+                   "width × height and centre-cropped; use the same framing as the landmarks.")
+    RETURN_TYPES = ("FYE_REFERENCE",)
+    RETURN_NAMES = ("reference",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "fye_model": ("FYE_MODEL",),
+                "image": ("IMAGE", {"tooltip": "the reference portrait (the first image of a batch is used)"}),
+                "vae": ("VAE", {"tooltip": "an SD-1.5 VAE (sd-vae-ft-mse)"}),
+                "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8}),
+                "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8}),
+            },
+            "optional": {
+                "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-L/14 image encoder (sd-image-variations)"}),
+                "image_encoder": (_choices("clip_vision", with_none=True), {
+                    "default": NONE,
+                    "tooltip": "or the pack's own loader for an image-encoder file in models/clip_vision"}),
+            },
+        }
+
+    def encode(self, fye_model, image, vae, width, height, clip_vision=None, image_encoder=NONE):
+        from emoji_model.errors import InvalidRequestError
+        from emoji_model.reference import clip_encoder_from_transformers, encode_reference
+
+        runtime = get_runtime()
+        if clip_vision is not None:
+            clip_encode = host_clip_encoder(clip_vision)
+        elif image_encoder and image_encoder != NONE:
+            from emoji_model.checkpoints import load_clip_vision
+
+            encoder = load_clip_vision(runtime.find_model("clip_vision", image_encoder),
+                                       device=runtime.torch_device(), dtype=fye_model.dtype)
+            clip_encode = clip_encoder_from_transformers(encoder)
+        else:
+            raise InvalidRequestError("connect a CLIP_VISION (CLIP ViT-L/14) or choose an image_encoder file")
+        model = fye_model.module(runtime)
+        ref = encode_reference(model, image[:1], host_vae_encoder(vae), clip_encode, size=(height, width),
+                               device=runtime.torch_device(), dtype=fye_model.dtype)
+        return (ref.to(runtime.offload_device()),)
+
+
+def host_vae_encoder(vae):
+    """vae_encode for ComfyUI's VAE: pixels [B,3,H,W] in -1..1 → latents × 0.18215 (VAE.encode is unscaled)."""
+
+    def encode(pixels):
+        images = ((pixels.float() + 1) / 2).clamp(0, 1).movedim(1, -1)  # [B,H,W,3] in 0..1
+        return vae.encode(images).to(pixels.device) * SD15_LATENT_SCALE
+
+    return encode
+
+
+def host_clip_encoder(clip_vision):
+    """clip_encode for ComfyUI's CLIP_VISION: pixels [B,3,H,W] in 0..1 → last_hidden_state [B,T,1024]."""
+
+    def encode(pixels):
+        out = clip_vision.encode_image(pixels.float().movedim(1, -1))
+        return out["last_hidden_state"].to(pixels.device)
+
+    return encode
+
+
+NODES = [LoadModel, ReferenceEncoder]
