@@ -67,13 +67,9 @@ def landmark_features(model, control, device, dtype, chunk: int = 16) -> torch.T
 
 def conditioning(reference, features: torch.Tensor, cfg: float) -> Conditioning:
     """Stack the reference's unconditional and conditional branches for one batched forward."""
-    import torch
-
-    if cfg == 1.0:
-        return Conditioning(reference.prompt_tokens, list(reference.banks_cond), features, guided=False)
-    tokens = torch.cat([reference.uncond_prompt_tokens, reference.prompt_tokens])
-    banks = [torch.cat([u, c]) for u, c in zip(reference.banks_uncond, reference.banks_cond)]
-    return Conditioning(tokens, banks, features, guided=True)
+    guided = cfg != 1.0
+    tokens, banks, bank_mask = reference.batch(guidance=guided)
+    return Conditioning(tokens, banks, features, bank_mask=bank_mask, guided=guided)
 
 
 def _check_sizes(model, reference, control) -> tuple[int, int]:
@@ -176,12 +172,12 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
                 seg = slice(a, b + 1)
                 known = {0: key_lat[0, :, keys.index(a)], b - a: key_lat[0, :, keys.index(b)]}
                 covered = mask = None
-                if known_mode == "covered":
+                if known_mode == "covered":  # covered latents: known frames kept, the rest zeroed
                     covered = torch.zeros_like(noise[:, :, seg])
-                    mask = torch.zeros_like(covered[:, :1])
+                    mask = torch.ones_like(covered[:, :1])  # 1 = covered (unknown)
                     for i, lat in known.items():
                         covered[0, :, i] = lat
-                        mask[0, :, i] = 1.0
+                        mask[0, :, i] = 0.0
                 filled = run(feats[:, :, seg], noise[:, :, seg], known, covered, mask, bar=bar)
                 latents[:, :, a + 1:b] = filled[:, :, 1:-1]
     return latents[0].permute(1, 0, 2, 3).contiguous()  # "1 c f h w -> f c h w"

@@ -139,6 +139,10 @@ class StandaloneRuntime:
             return torch.float16
         return torch.float32
 
+    def manage(self, module: Any) -> Any:
+        """A handle the runtime can load and offload; standalone, the module itself."""
+        return module
+
     def load_model(self, module: Any, device: torch.device | None = None) -> Any:
         """Make ``module`` resident on the compute device for a run; returns it."""
         return module.to(device or self.torch_device())

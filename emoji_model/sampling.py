@@ -139,9 +139,10 @@ def fusion_weights(length: int, kind: str = "pyramid") -> torch.Tensor:
 class Conditioning:
     """Per-video inputs reused at every step and window (uncond first, cond second along batch)."""
 
-    prompt_tokens: torch.Tensor          # [2, T, 768] (uncond zeros, cond) or [1, T, 768] if cfg == 1
+    prompt_tokens: torch.Tensor          # [2, T, 768] (uncond, cond) or [1, T, 768] if cfg == 1
     banks: list[torch.Tensor]             # one [2, L_i, C_i] per transformer block (same batch order)
     landmark_features: torch.Tensor       # [1, 320, F, h, w] for every frame of the track
+    bank_mask: torch.Tensor | None = None  # [2] bool: rows that attend to the reference (None: all)
     guided: bool = True                   # False: batch holds the conditional branch only
 
 
@@ -151,7 +152,8 @@ def make_denoiser(model, cond: Conditioning, cfg: float, temporal: bool = True,
     """A denoiser ``(x [1,4,W,h,w], t, frame indices) -> guided model output``.
 
     The conditional and unconditional branches run as one batch; ``covered``/``cover_mask``
-    ([1,4,F,h,w]/[1,1,F,h,w] over the whole track) feed the covered-latent input channels.
+    ([1,4,F,h,w]/[1,1,F,h,w] over the whole track; the mask is 1 on unknown frames) feed the
+    covered-latent input channels.
     """
     import torch
 
@@ -159,7 +161,8 @@ def make_denoiser(model, cond: Conditioning, cfg: float, temporal: bool = True,
         idx = list(frames)
         n = 2 if cond.guided else 1
         lmk = cond.landmark_features[:, :, idx].to(x.device, x.dtype)
-        kwargs: dict[str, Any] = {"landmark_features": lmk.expand(n, *lmk.shape[1:]), "temporal": temporal}
+        kwargs: dict[str, Any] = {"landmark_features": lmk.expand(n, *lmk.shape[1:]), "temporal": temporal,
+                                  "bank_mask": cond.bank_mask}
         if covered is not None:
             cov = covered[:, :, idx].to(x.device, x.dtype)
             mask = cover_mask[:, :, idx].to(x.device, x.dtype)
@@ -218,19 +221,26 @@ def sample_windows(denoiser, latents: torch.Tensor, scheduler, *, window: int, o
     for step, t in enumerate(scheduler.timesteps):
         if known_idx and replace_known:
             latents[:, :, known_idx] = scheduler.add_noise(known_lat, known_noise, t.reshape(1))
-        fused = torch.zeros_like(latents, dtype=torch.float32)
-        total = torch.zeros(num_frames, dtype=torch.float32, device=latents.device)
-        for frames in context_windows(num_frames, window, overlap, step):
+        windows = context_windows(num_frames, window, overlap, step)
+        if len(windows) == 1:  # the whole track in one window: no fusion, the prediction itself
             rt.check_interrupt()
-            x = scheduler.scale_model_input(latents[:, :, frames], t)
-            pred = denoiser(x, t, frames).float()
-            w = fusion_weights(len(frames), fusion).to(latents.device)
-            fused[:, :, frames] += pred * w[None, None, :, None, None]
-            total[frames] += w
+            fused = denoiser(scheduler.scale_model_input(latents, t), t, windows[0])
             if bar is not None:
                 bar.update()
-        fused /= total[None, None, :, None, None]
-        latents = scheduler.step(fused.to(latents.dtype), t, latents, **step_kwargs).prev_sample
+        else:
+            fused = torch.zeros_like(latents, dtype=torch.float32)
+            total = torch.zeros(num_frames, dtype=torch.float32, device=latents.device)
+            for frames in windows:
+                rt.check_interrupt()
+                span = slice(frames[0], frames[-1] + 1)  # windows are contiguous
+                pred = denoiser(scheduler.scale_model_input(latents[:, :, span], t), t, frames).float()
+                w = fusion_weights(len(frames), fusion).to(latents.device)
+                fused[:, :, span] += pred * w[None, None, :, None, None]
+                total[span] += w
+                if bar is not None:
+                    bar.update()
+            fused = (fused / total[None, None, :, None, None]).to(latents.dtype)
+        latents = scheduler.step(fused, t, latents, **step_kwargs).prev_sample
     if known_idx:
         latents[:, :, known_idx] = known_lat
     return latents

@@ -38,11 +38,6 @@ class FYEModel:
         return (runtime or get_runtime()).load_model(self.handle)
 
 
-def _manage(runtime, module):
-    manage = getattr(runtime, "manage", None)
-    return manage(module) if manage is not None else module
-
-
 def _choices(kind: str, with_none: bool = False, default: str | None = None) -> list[str]:
     names = get_runtime().list_models(kind)
     if not names and default is not None:
@@ -120,7 +115,7 @@ class LoadModel:
         if motion_module and motion_module != NONE:
             load_motion_module(model, runtime.find_model("animatediff_models", motion_module))
         source = ", ".join(p.name for p in paths)
-        return (FYEModel(handle=_manage(runtime, model), config=model.config, dtype=torch_dtype, source=source),)
+        return (FYEModel(handle=runtime.manage(model), config=model.config, dtype=torch_dtype, source=source),)
 
 
 class ReferenceEncoder:
