@@ -84,8 +84,8 @@ def _eye_boxes(points: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray, np.nda
     return xy.min(axis=-2), xy.max(axis=-2)  # [..., 2] each
 
 
-def _iris_relative(points: np.ndarray) -> list[np.ndarray]:
-    # Iris points as fractions of their eye's bounding box, [..., 5, 2] per eye.
+def iris_relative(points: np.ndarray) -> list[np.ndarray]:
+    """Iris points as fractions of their eye's bounding box: [right, left], each [..., 5, 2]."""
     topo = topology()
     out = []
     for iris, ring in ((RIGHT_IRIS, topo.right_eye_ring), (LEFT_IRIS, topo.left_eye_ring)):
@@ -95,11 +95,33 @@ def _iris_relative(points: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _place_iris(points: np.ndarray, relative: list[np.ndarray]) -> None:
+def place_iris(points: np.ndarray, relative: list[np.ndarray]) -> None:
+    """Put the iris points of ``points`` [..., 478, ≥2] at ``relative`` places in their eye boxes (in place)."""
     topo = topology()
     for iris, ring, rel in zip((RIGHT_IRIS, LEFT_IRIS), (topo.right_eye_ring, topo.left_eye_ring), relative):
         lo, hi = _eye_boxes(points, ring)
         points[..., list(iris), :2] = lo[..., None, :] + rel * (hi - lo)[..., None, :]
+
+
+def project_onto(reference: FaceTrack, canonical: np.ndarray, pose: np.ndarray,
+                 iris: list[np.ndarray]) -> np.ndarray:
+    """Normalised points [N, 478, 3] of canonical vertices [N, 478, 3] placed by poses [N, 4, 4] in the reference frame.
+
+    ``reference`` has one frame (shared) or N; z follows each reference frame's depth calibration.
+    ``iris`` (from :func:`iris_relative`) puts the pupils at their relative places in the projected
+    eye boxes.
+    """
+    n = len(canonical)
+    if len(reference) not in (1, n):
+        raise InvalidRequestError(f"projection onto a reference of {len(reference)} frames needs 1 or {n}")
+    calibration = np.array([geometry.depth_calibration(
+        reference.points[i].astype(np.float64),
+        geometry.apply_pose(reference.pose[i].astype(np.float64), reference.canonical[i].astype(np.float64)),
+        reference.size) for i in range(len(reference))])                     # [1 or N, 2]
+    calibration = np.broadcast_to(calibration, (n, 2))
+    points = geometry.project(canonical, pose, reference.size, calibration[:, 0], calibration[:, 1])
+    place_iris(points, iris)
+    return points
 
 
 def align_motion(reference: FaceTrack, driving: FaceTrack, *, relative_pose: bool = True,
@@ -146,14 +168,9 @@ def align_motion(reference: FaceTrack, driving: FaceTrack, *, relative_pose: boo
     else:
         pose = np.repeat(ref_pose[None], n, axis=0)
 
-    # 3. Projection into the reference frame, with the reference's depth calibration for z.
-    depth_offset, depth_scale = geometry.depth_calibration(
-        ref.points[0].astype(np.float64), geometry.apply_pose(ref_pose, ref_canonical), ref.size)
-    points = geometry.project(canonical, pose, ref.size, np.full(n, depth_offset), np.full(n, depth_scale))
-
-    # 4. Pupils at their relative place in the projected eye boxes.
+    # 3. Projection into the reference frame; 4. pupils at their relative place in the eye boxes.
     source = drv.points if iris_tracking else np.repeat(ref.points, n, axis=0)
-    _place_iris(points, _iris_relative(source.astype(np.float64)))
+    points = project_onto(ref, canonical, pose, iris_relative(source.astype(np.float64)))
 
     log.debug("aligned %d driving frames (neutral frame %d, relative pose %s, expression x%.2f)",
               n, k, relative_pose, expression_scale)
