@@ -226,3 +226,65 @@ def decode_frames(vae_decode: Callable[[torch.Tensor], torch.Tensor], latents: t
         with torch.no_grad():
             img = vae_decode(latents[s:s + chunk] / LATENT_SCALE)
         yield (img.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def reference_controls(track, size_hw: tuple[int, int], *, include_contour: bool = False,
+                       runtime: StandaloneRuntime | None = None) -> np.ndarray:
+    """Control renders uint8 [F,H,W,3] of an aligned track, framed as the reference encoder frames it.
+
+    The reference encoder resizes the portrait to cover (H, W) and centre-crops it; the landmarks,
+    which live in the portrait's own pixels, get the same mapping so that they stay on the face.
+    """
+    from dataclasses import replace as dc_replace
+
+    import numpy as np
+
+    from .landmarks import render_controls
+
+    h, w = size_hw
+    src_w, src_h = track.size
+    scale = max(h / src_h, w / src_w)
+    new_w, new_h = max(w, round(src_w * scale)), max(h, round(src_h * scale))
+    left, top = (new_w - w) // 2, (new_h - h) // 2
+    points = np.array(track.points, dtype=np.float64, copy=True)
+    points[..., 0] = (points[..., 0] * new_w - left) / w
+    points[..., 1] = (points[..., 1] * new_h - top) / h
+    framed = dc_replace(track, points=points, size=(w, h))
+    return render_controls(framed, (w, h), include_contour=include_contour, runtime=runtime)
+
+
+def animate(model, reference_image: np.ndarray, aligned, vae, image_encoder, *,
+            settings: SamplerSettings = SamplerSettings(), size: tuple[int, int] = (512, 512),
+            long: bool = False, keyframe_stride: int | None = None, device=None, dtype=None,
+            decode_chunk: int = 8, runtime: StandaloneRuntime | None = None) -> Iterator[np.ndarray]:
+    """The whole job in one call: encode the reference, sample every frame, stream decoded frames.
+
+    ``aligned`` is the motion-aligned FaceTrack (emoji_model.align.align_motion); ``vae`` a diffusers
+    AutoencoderKL and ``image_encoder`` a transformers CLIPVisionModelWithProjection; ``size`` is
+    (H, W). Yields uint8 frame chunks [n,H,W,3] once sampling has finished.
+    """
+    import torch
+
+    from .reference import clip_encoder_from_transformers, encode_reference, vae_encoder_from_diffusers
+
+    rt = resolve(runtime)
+    device = device or rt.torch_device()
+    dtype = dtype or torch.float32
+    with torch.no_grad():
+        ref = encode_reference(model, reference_image, vae_encoder_from_diffusers(vae),
+                               clip_encoder_from_transformers(image_encoder), size=size, device=device, dtype=dtype)
+    controls = reference_controls(aligned, size, runtime=rt)
+
+    def run(s: SamplerSettings):
+        if long:
+            stride = min(keyframe_stride, s.window - 1) if keyframe_stride else None  # windows may shrink
+            return progressive_latents(model, ref, controls, s, keyframe_stride=stride, device=device,
+                                       dtype=dtype, runtime=rt)
+        return generate_latents(model, ref, controls, s, device=device, dtype=dtype, runtime=rt)
+
+    latents = with_oom_retry(run, settings, rt)
+
+    def decode(raw):
+        return (vae.decode(raw.to(vae.dtype)).sample.float().permute(0, 2, 3, 1) + 1) / 2
+
+    yield from decode_frames(decode, latents, chunk=decode_chunk, runtime=rt)
