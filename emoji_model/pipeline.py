@@ -55,7 +55,7 @@ def landmark_features(model, control, device, dtype, chunk: int = 16) -> torch.T
     """Landmark-guider features [1,320,F,h,w] of every control frame, computed once per video."""
     import torch
 
-    num = control.shape[0]
+    num = len(control)
     if num == 0:
         raise InvalidRequestError("the landmark track has zero frames")
     parts = []
@@ -98,7 +98,7 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
     dtype = dtype or torch.float32
     settings.validate(model.max_frames)
     h, w = _check_sizes(model, reference, control)
-    num = control.shape[0]
+    num = len(control)
     with torch.no_grad():
         feats = landmark_features(model, control, device, dtype)
         cond = conditioning(reference, feats, settings.cfg)
@@ -123,6 +123,10 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
     2. each gap between consecutive keyframes is sampled with both keyframes known: through the
        covered-latent input channels when the checkpoint has them (``known_mode`` "covered"),
        otherwise by replacing them at every step with their noised latents ("replace").
+
+    Memory follows the window, not the video: control renders (``control`` may render lazily,
+    see LazyControls), landmark features and noise exist only for the frames of the stage at hand
+    (each frame's features are computed once); the latents are the only per-frame state.
     """
     import torch
 
@@ -131,7 +135,7 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
     dtype = dtype or torch.float32
     settings.validate(model.max_frames)
     h, w = _check_sizes(model, reference, control)
-    num = control.shape[0]
+    num = len(control)
     stride = keyframe_stride or max(1, settings.window - 1)
     if stride + 1 > settings.window:
         raise InvalidRequestError(
@@ -148,38 +152,35 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
     gaps = [(a, b) for a, b in zip(keys, keys[1:]) if b - a > 1]
     total = count_windows(len(keys), settings.window, settings.overlap, settings.steps)
     total += settings.steps * len(gaps)
-    with torch.no_grad():
-        feats = landmark_features(model, control, device, dtype)
-        noise = initial_noise((1, 4, num, h, w), settings.seed, device, dtype)
 
-        def run(frames_feats, init, known=None, covered=None, mask=None, bar=None):
-            sched = make_scheduler(settings.scheduler, model.config.prediction_type)
-            sched.set_timesteps(settings.steps, device=device)
-            cond = conditioning(reference, frames_feats, settings.cfg)
-            den = make_denoiser(model, cond, settings.cfg, settings.temporal, covered, mask)
-            return sample_windows(den, init * sched.init_noise_sigma, sched, window=settings.window,
-                                  overlap=settings.overlap, fusion=settings.fusion, known=known,
-                                  replace_known=known_mode == "replace", noise=init, eta=settings.eta,
-                                  seed=settings.seed, runtime=rt, bar=bar)
+    def run(frames: list[int], known=None, covered=None, mask=None, bar=None):
+        feats = landmark_features(model, control[frames], device, dtype)
+        init = initial_noise((1, 4, len(frames), h, w), settings.seed, device, dtype, frames)
+        sched = make_scheduler(settings.scheduler, model.config.prediction_type)
+        sched.set_timesteps(settings.steps, device=device)
+        cond = conditioning(reference, feats, settings.cfg)
+        den = make_denoiser(model, cond, settings.cfg, settings.temporal, covered, mask)
+        return sample_windows(den, init * sched.init_noise_sigma, sched, window=settings.window,
+                              overlap=settings.overlap, fusion=settings.fusion, known=known,
+                              replace_known=known_mode == "replace", noise=init, eta=settings.eta,
+                              seed=settings.seed, runtime=rt, bar=bar)
 
-        with rt.progress(total, "progressive sampling") as bar:
-            # Stage 1: keyframes spread over the whole track, as one clip.
-            key_lat = run(feats[:, :, keys], noise[:, :, keys], bar=bar)
-            latents = noise.clone()
-            latents[:, :, keys] = key_lat
-            # Stage 2: fill each gap with its two keyframes known.
-            for a, b in gaps:
-                seg = slice(a, b + 1)
-                known = {0: key_lat[0, :, keys.index(a)], b - a: key_lat[0, :, keys.index(b)]}
-                covered = mask = None
-                if known_mode == "covered":  # covered latents: known frames kept, the rest zeroed
-                    covered = torch.zeros_like(noise[:, :, seg])
-                    mask = torch.ones_like(covered[:, :1])  # 1 = covered (unknown)
-                    for i, lat in known.items():
-                        covered[0, :, i] = lat
-                        mask[0, :, i] = 0.0
-                filled = run(feats[:, :, seg], noise[:, :, seg], known, covered, mask, bar=bar)
-                latents[:, :, a + 1:b] = filled[:, :, 1:-1]
+    latents = torch.empty((1, 4, num, h, w), device=device, dtype=dtype)  # the only per-frame state
+    with torch.no_grad(), rt.progress(total, "progressive sampling") as bar:
+        # Stage 1: keyframes spread over the whole track, as one clip.
+        latents[:, :, keys] = run(keys, bar=bar)
+        # Stage 2: fill each gap with its two keyframes known.
+        for a, b in gaps:
+            known = {0: latents[0, :, a], b - a: latents[0, :, b]}
+            covered = mask = None
+            if known_mode == "covered":  # covered latents: known frames kept, the rest zeroed
+                covered = torch.zeros((1, 4, b - a + 1, h, w), device=device, dtype=dtype)
+                mask = torch.ones_like(covered[:, :1])  # 1 = covered (unknown)
+                for i, lat in known.items():
+                    covered[0, :, i] = lat
+                    mask[0, :, i] = 0.0
+            filled = run(list(range(a, b + 1)), known, covered, mask, bar=bar)
+            latents[:, :, a + 1:b] = filled[:, :, 1:-1]
     return latents[0].permute(1, 0, 2, 3).contiguous()  # "1 c f h w -> f c h w"
 
 
@@ -228,29 +229,50 @@ def decode_frames(vae_decode: Callable[[torch.Tensor], torch.Tensor], latents: t
         yield (img.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
+class LazyControls:
+    """Control renders of a track, drawn on demand: behaves like a uint8 array [F,H,W,3] when indexed.
+
+    The landmarks are framed as the reference encoder frames the portrait (resized to cover the
+    output size, centre-cropped), so that they stay on the face.
+    """
+
+    def __init__(self, track, size_hw: tuple[int, int], *, include_contour: bool = False):
+        from dataclasses import replace as dc_replace
+
+        import numpy as np
+
+        h, w = size_hw
+        src_w, src_h = track.size
+        scale = max(h / src_h, w / src_w)
+        new_w, new_h = max(w, round(src_w * scale)), max(h, round(src_h * scale))
+        left, top = (new_w - w) // 2, (new_h - h) // 2
+        points = np.array(track.points, dtype=np.float64, copy=True)
+        points[..., 0] = (points[..., 0] * new_w - left) / w
+        points[..., 1] = (points[..., 1] * new_h - top) / h
+        self.track = dc_replace(track, points=points, size=(w, h))
+        self.include_contour = include_contour
+        self.shape = (len(track), h, w, 3)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        from .landmarks import render_controls
+
+        return render_controls(self.track[index], self.track.size, include_contour=self.include_contour)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        frames = self[:]
+        return frames if dtype is None else frames.astype(dtype)
+
+
 def reference_controls(track, size_hw: tuple[int, int], *, include_contour: bool = False,
                        runtime: StandaloneRuntime | None = None) -> np.ndarray:
-    """Control renders uint8 [F,H,W,3] of an aligned track, framed as the reference encoder frames it.
-
-    The reference encoder resizes the portrait to cover (H, W) and centre-crops it; the landmarks,
-    which live in the portrait's own pixels, get the same mapping so that they stay on the face.
-    """
-    from dataclasses import replace as dc_replace
-
-    import numpy as np
-
+    """Control renders uint8 [F,H,W,3] of an aligned track, framed as the reference encoder frames it."""
     from .landmarks import render_controls
 
-    h, w = size_hw
-    src_w, src_h = track.size
-    scale = max(h / src_h, w / src_w)
-    new_w, new_h = max(w, round(src_w * scale)), max(h, round(src_h * scale))
-    left, top = (new_w - w) // 2, (new_h - h) // 2
-    points = np.array(track.points, dtype=np.float64, copy=True)
-    points[..., 0] = (points[..., 0] * new_w - left) / w
-    points[..., 1] = (points[..., 1] * new_h - top) / h
-    framed = dc_replace(track, points=points, size=(w, h))
-    return render_controls(framed, (w, h), include_contour=include_contour, runtime=runtime)
+    lazy = LazyControls(track, size_hw, include_contour=include_contour)
+    return render_controls(lazy.track, lazy.track.size, include_contour=include_contour, runtime=runtime)
 
 
 def animate(model, reference_image: np.ndarray, aligned, vae, image_encoder, *,
@@ -273,7 +295,7 @@ def animate(model, reference_image: np.ndarray, aligned, vae, image_encoder, *,
     with torch.no_grad():
         ref = encode_reference(model, reference_image, vae_encoder_from_diffusers(vae),
                                clip_encoder_from_transformers(image_encoder), size=size, device=device, dtype=dtype)
-    controls = reference_controls(aligned, size, runtime=rt)
+    controls = LazyControls(aligned, size) if long else reference_controls(aligned, size, runtime=rt)
 
     def run(s: SamplerSettings):
         if long:

@@ -180,12 +180,25 @@ def make_denoiser(model, cond: Conditioning, cfg: float, temporal: bool = True,
 
 # -- the sampling loop ------------------------------------------------------------------------
 
-def initial_noise(shape: Sequence[int], seed: int, device, dtype) -> torch.Tensor:
-    """Seeded Gaussian noise drawn on the CPU, so a seed gives the same video on every device."""
+def initial_noise(shape: Sequence[int], seed: int, device, dtype,
+                  frames: Sequence[int] | None = None) -> torch.Tensor:
+    """Seeded Gaussian noise [1,C,F,h,w], drawn per frame on the CPU.
+
+    Frame ``i`` always gets the same noise for a seed, whatever the track length or the subset of
+    frames asked for (``frames``: their indices), and on every device.
+    """
     import torch
 
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    return torch.randn(tuple(shape), generator=gen, dtype=torch.float32).to(device, dtype)
+    _, channels, count, h, w = shape
+    frames = range(count) if frames is None else frames
+    if len(frames) != count:
+        raise InvalidRequestError(f"{len(frames)} frame indices for a noise tensor of {count} frames")
+    out = torch.empty((1, channels, count, h, w), dtype=torch.float32)
+    gen = torch.Generator(device="cpu")
+    for k, i in enumerate(frames):
+        gen.manual_seed((int(seed) * 1_000_003 + int(i)) % (2**63))
+        out[0, :, k] = torch.randn((channels, h, w), generator=gen)
+    return out.to(device, dtype)
 
 
 def sample_windows(denoiser, latents: torch.Tensor, scheduler, *, window: int, overlap: int,

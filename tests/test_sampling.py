@@ -273,6 +273,28 @@ def test_known_frame_replacement_holds_known_frames():
     torch.testing.assert_close(seen[-1], expected)
 
 
+def test_noise_of_a_frame_does_not_depend_on_the_track():
+    full = initial_noise((1, 4, 30, 8, 8), 3, "cpu", torch.float32)
+    some = initial_noise((1, 4, 3, 8, 8), 3, "cpu", torch.float32, frames=[2, 17, 29])
+    assert torch.equal(full[:, :, [2, 17, 29]], some)
+    assert not torch.equal(full, initial_noise((1, 4, 30, 8, 8), 4, "cpu", torch.float32))
+    assert abs(float(full.std()) - 1) < 0.05
+
+
+def test_progressive_takes_lazily_rendered_controls():
+    from emoji_model.align import align_motion
+    from emoji_model.pipeline import LazyControls
+    from landmark_inputs import astronaut_track, driving_track
+
+    model, ref = _model(), _reference()
+    track = align_motion(astronaut_track(), driving_track())[:12]
+    lazy = LazyControls(track, (SIZE, SIZE))
+    assert lazy.shape == (12, SIZE, SIZE, 3) and np.array_equal(np.asarray(lazy), _controls()[:12])
+    s = _settings(window=8, overlap=2, steps=2)
+    torch.testing.assert_close(progressive_latents(model, ref, lazy, s, device="cpu"),
+                               progressive_latents(model, ref, _controls()[:12], s, device="cpu"), rtol=0, atol=0)
+
+
 def test_progressive_and_plain_runs_differ_but_both_are_deterministic():
     model, ref, ctrl = _model(), _reference(), _controls()[:12]
     s = _settings(window=8, overlap=2, steps=2)
