@@ -85,6 +85,16 @@ def _check_sizes(model, reference, control) -> tuple[int, int]:
     return h // 8, w // 8
 
 
+def _prepare(model, reference, control, settings: SamplerSettings, device, dtype, runtime):
+    """Validate a sampling request; the runtime, device, dtype and (frames, latent h, latent w)."""
+    import torch
+
+    rt = resolve(runtime)
+    settings.validate(model.max_frames)
+    h, w = _check_sizes(model, reference, control)
+    return rt, device or rt.torch_device(), dtype or torch.float32, (len(control), h, w)
+
+
 def generate_latents(model, reference, control, settings: SamplerSettings = SamplerSettings(), *,
                      device=None, dtype=None, runtime: StandaloneRuntime | None = None) -> torch.Tensor:
     """Sample every frame of a track together (windows when longer than ``settings.window``).
@@ -93,12 +103,7 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
     """
     import torch
 
-    rt = resolve(runtime)
-    device = device or rt.torch_device()
-    dtype = dtype or torch.float32
-    settings.validate(model.max_frames)
-    h, w = _check_sizes(model, reference, control)
-    num = len(control)
+    rt, device, dtype, (num, h, w) = _prepare(model, reference, control, settings, device, dtype, runtime)
     with torch.no_grad():
         feats = landmark_features(model, control, device, dtype)
         cond = conditioning(reference, feats, settings.cfg)
@@ -130,12 +135,7 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
     """
     import torch
 
-    rt = resolve(runtime)
-    device = device or rt.torch_device()
-    dtype = dtype or torch.float32
-    settings.validate(model.max_frames)
-    h, w = _check_sizes(model, reference, control)
-    num = len(control)
+    rt, device, dtype, (num, h, w) = _prepare(model, reference, control, settings, device, dtype, runtime)
     stride = keyframe_stride or max(1, settings.window - 1)
     if stride + 1 > settings.window:
         raise InvalidRequestError(
