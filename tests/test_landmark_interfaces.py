@@ -93,12 +93,12 @@ def test_cli_errors_are_reported_not_raised(tmp_path, face_task, caplog):
     assert not list(tmp_path.glob("*.npz"))
 
 
-def test_cli_demo_writes_the_three_panel_video(tmp_path, driving_video, face_task, caplog):
+def test_cli_demo_landmarks_only_with_a_driving_video(tmp_path, driving_video, face_task, caplog):
     import logging
 
     with caplog.at_level(logging.INFO, logger="emoji_model"):
         code = main(["demo", "--out", str(tmp_path), "--driving", str(driving_video),
-                     "--face-model", str(face_task)])
+                     "--face-model", str(face_task), "--no-generate"])
     assert code == 0
     frames, fps = read_video(tmp_path / "demo.mp4")
     assert frames.shape == (97, 512, 3 * 512, 3) and fps == pytest.approx(30)
@@ -107,6 +107,26 @@ def test_cli_demo_writes_the_three_panel_video(tmp_path, driving_video, face_tas
     assert np.abs(frames[0, :, :512].astype(int) - data.astronaut()).mean() < 6  # the reference panel
     assert "timings:" in caplog.text and "landmarks" in caplog.text
     assert main(["demo", "--out", str(tmp_path), "--driving", str(tmp_path / "nope.mp4")]) == 2
+
+
+def test_cli_demo_runs_the_whole_chain_with_the_shipped_checkpoint(tmp_path, face_task, caplog, monkeypatch):
+    """No weights placed: the demo uses the trainer-made tiny checkpoint and says it is a pipeline check."""
+    import logging
+
+    import emoji_model.runtime as rt
+
+    monkeypatch.setattr(rt, "_default", rt.StandaloneRuntime(device="cpu", models_dir=tmp_path / "models"))
+    with caplog.at_level(logging.INFO, logger="emoji_model"):
+        code = main(["demo", "--out", str(tmp_path), "--face-model", str(face_task), "--frames", "10",
+                     "--steps", "2"])
+    assert code == 0
+    assert "pipeline check, not a quality model" in caplog.text
+    frames, fps = read_video(tmp_path / "demo.mp4")
+    assert frames.shape == (10, 512, 4 * 512, 3) and fps == pytest.approx(24)
+    generated = frames[:, :, 3 * 512:].astype(np.float32)
+    assert generated.std() > 10  # decoded images, not an empty panel
+    # The keyed motion blinks at frame 8: the aligned landmarks panel changes between frames 0 and 8.
+    assert np.abs(frames[8, :, 2 * 512:3 * 512].astype(int) - frames[0, :, 2 * 512:3 * 512]).sum() > 0
 
 
 def test_help_lists_the_commands_without_heavy_imports():
