@@ -5,13 +5,19 @@ UI-format files (``NAME.json``, as the ComfyUI frontend saves them) and their AP
 tests/comfy_core_nodes.json, a copy of ComfyUI's /object_info for the core nodes the workflows
 use (CI has no ComfyUI). A workflow added later is covered without touching this file; a core
 node it needs is added to that JSON from a running server's /object_info.
+
+Combos that list model files (a loader's file name) depend on what a machine has installed, so any
+file name is accepted there; an API file names the weights it needs in a top-level "_requires" list
+(paths under ComfyUI's base directory), which tests/test_comfyui_host.py checks before posting it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path, PurePosixPath
+from unittest import mock
 
 import pytest
 
@@ -22,6 +28,9 @@ WORKFLOWS = REPO / "workflows"
 CORE = json.loads((Path(__file__).parent / "comfy_core_nodes.json").read_text())
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload")
+# Core inputs whose combo lists files from a model folder (VAELoader, CLIPVisionLoader, checkpoint loaders).
+CORE_MODEL_FILE_INPUTS = {"ckpt_name", "vae_name", "clip_name"}
+API_KEYS = {"_requires"}  # top-level keys of an API file that are not nodes
 
 UI_FILES = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json"))
 API_FILES = sorted(WORKFLOWS.glob("*.api.json"))
@@ -34,6 +43,8 @@ class Input:
     options: dict
     choices: list | None = None
     required: bool = True
+    model_files: bool = False   # a combo of files in a model folder: any file name is accepted
+    fixed: list = field(default_factory=list)  # its choices that are not files ("none", a default)
 
     @property
     def is_widget(self) -> bool:
@@ -56,19 +67,50 @@ def _input(name: str, spec, required: bool) -> Input:
     return Input(name, kind, options, None, required)
 
 
+_FILE = "<a model file>"  # what every model folder lists while our nodes' file inputs are probed
+
+
+@cache
+def _our_model_file_inputs(node_type: str) -> dict[str, list]:
+    """Our node's inputs whose choices come from a model folder, each with its choices that are not files.
+
+    Found by asking the node for its inputs while every folder lists one made-up file: the combos
+    that then offer it list files (FYE_LoadModel.checkpoint, the face landmarker bundles, ...).
+    """
+    from nodes.host import get_runtime
+
+    runtime = get_runtime()
+    with mock.patch.object(type(runtime), "list_models", lambda self, kind: [_FILE]):
+        spec = nodes.NODE_CLASS_MAPPINGS[node_type].INPUT_TYPES()
+    found = {}
+    for section in ("required", "optional"):
+        for name, item in spec.get(section, {}).items():
+            inp = _input(name, item, True)
+            if inp.kind == "COMBO" and _FILE in inp.choices:
+                found[name] = [c for c in inp.choices if c != _FILE]
+    return found
+
+
 def schema(node_type: str) -> Schema:
     """Inputs (widgets in the frontend's order) and output types of a node type; KeyError if unknown."""
     if node_type in nodes.NODE_CLASS_MAPPINGS:
         cls = nodes.NODE_CLASS_MAPPINGS[node_type]
         spec, outputs = cls.INPUT_TYPES(), list(cls.RETURN_TYPES)
+        file_inputs = _our_model_file_inputs(node_type)
     else:
         spec, outputs = CORE[node_type]["input"], list(CORE[node_type]["output"])
+        file_inputs = None
     order = CORE.get(node_type, {}).get("input_order", {})  # the JSON's keys are sorted; this is not
     inputs = {}
     for section in ("required", "optional"):
         items = spec.get(section, {})
         for name in order.get(section, list(items)):
-            inputs[name] = _input(name, items[name], section == "required")
+            inp = inputs[name] = _input(name, items[name], section == "required")
+            if file_inputs is not None and name in file_inputs:
+                inp.model_files, inp.fixed = True, file_inputs[name]
+            elif file_inputs is None and inp.kind == "COMBO" and name in CORE_MODEL_FILE_INPUTS:
+                # the copy comes from a server without model files: what it lists is built in ("pixel_space")
+                inp.model_files, inp.fixed = True, list(inp.choices)
     return Schema(inputs, outputs)
 
 
@@ -87,8 +129,11 @@ def widget_layout(s: Schema) -> list[str | None]:
 
 
 def check_value(where: str, inp: Input, value) -> None:
-    """A widget value the node accepts: a listed choice, a number within bounds, the right type."""
-    if inp.kind == "COMBO":
+    """A widget value the node accepts: a listed choice (any file name for model files), a number within
+    bounds, the right type."""
+    if inp.model_files:
+        assert isinstance(value, str) and value.strip(), f"{where}: {value!r} is not a file name"
+    elif inp.kind == "COMBO":
         assert value in inp.choices, f"{where}: {value!r} is not one of {inp.choices}"
     elif inp.kind == "INT":
         assert isinstance(value, int) and not isinstance(value, bool), f"{where}: {value!r} is not an INT"
@@ -157,6 +202,40 @@ def check_api(prompt: dict, name: str) -> None:
                 assert inp.name in node["inputs"], f"{name}: node {node_id} ({node_type}) lacks input {inp.name}"
 
 
+def model_files(prompt: dict) -> set[str]:
+    """The model files an API prompt names (values of model-file combos that are not built-in choices)."""
+    found = set()
+    for node_id, node in prompt.items():
+        if node_id.startswith("_"):
+            continue
+        s = schema(node["class_type"])
+        for input_name, value in node["inputs"].items():
+            inp = s.inputs.get(input_name)
+            if inp is not None and inp.model_files and isinstance(value, str) and value not in inp.fixed:
+                found.add(value)
+    return found
+
+
+def check_requires(prompt: dict, name: str) -> None:
+    """Only known top-level keys; "_requires" lists relative paths, one for every model file named.
+
+    The real-server test skips a workflow whose listed files are absent; a model file missing from the
+    list would make it fail on a machine without that file instead.
+    """
+    extra = {k for k in prompt if k.startswith("_")} - API_KEYS
+    assert not extra, f"{name}: unknown top-level keys {sorted(extra)} (known: {sorted(API_KEYS)})"
+    requires = prompt.get("_requires", [])
+    assert isinstance(requires, list) and all(isinstance(r, str) for r in requires), (
+        f"{name}: _requires must be a list of paths")
+    for rel in requires:
+        path = PurePosixPath(rel)
+        assert rel and not path.is_absolute() and ".." not in path.parts and "\\" not in rel, (
+            f"{name}: _requires entry {rel!r} is not a relative path under the base directory")
+    for file in sorted(model_files(prompt)):
+        assert any(rel.endswith("/" + file) for rel in requires), (
+            f"{name}: names the model file {file!r} but its _requires lists no models/<folder>/{file}")
+
+
 def check_ui(ui: dict, name: str) -> None:
     """The UI graph's own consistency: links typed and mirrored on both ends, widget lists complete."""
     for key in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"):
@@ -201,7 +280,9 @@ def test_there_are_workflows_and_each_has_its_twin():
 
 @pytest.mark.parametrize("path", API_FILES, ids=[p.stem for p in API_FILES])
 def test_api_workflow_is_valid(path):
-    check_api(_load(path), path.name)
+    prompt = _load(path)
+    check_api(prompt, path.name)
+    check_requires(prompt, path.name)
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
@@ -241,3 +322,44 @@ def test_the_checks_catch_broken_graphs():
     broken[aligner]["class_type"] = "FYE_NoSuchNode"
     with pytest.raises(AssertionError, match="unknown type"):
         check_api(broken, "broken")
+
+
+def test_model_file_combos_accept_any_file_but_must_be_required():
+    prompt = _load(WORKFLOWS / "follow_your_emoji.api.json")
+    check_api(prompt, "ok")
+    check_requires(prompt, "ok")
+    nodes_of = {v["class_type"]: k for k, v in prompt.items() if not k.startswith("_")}
+    # which inputs list model files: core loaders by input name, ours by what the folders list
+    assert schema("VAELoader").inputs["vae_name"].model_files
+    assert schema("CLIPVisionLoader").inputs["clip_name"].model_files
+    load = schema("FYE_LoadModel").inputs
+    assert load["checkpoint"].model_files and load["motion_module"].model_files
+    assert load["motion_module"].fixed == ["none"] and not load["dtype"].model_files
+    assert not schema("FYE_TemporalSampler").inputs["scheduler"].model_files
+    assert model_files(prompt) == {"fye_sd15.safetensors", "vae-ft-mse-840000-ema-pruned.safetensors",
+                                   "sd-image-variations-image-encoder.safetensors"}
+    # any file name passes; an empty one, or a wrong type, does not; other combos stay strict
+    broken = json.loads(json.dumps(prompt))
+    broken[nodes_of["FYE_LoadModel"]]["inputs"]["checkpoint"] = "my_finetune.safetensors"
+    check_api(broken, "renamed")
+    broken[nodes_of["FYE_LoadModel"]]["inputs"]["checkpoint"] = ""
+    with pytest.raises(AssertionError, match="not a file name"):
+        check_api(broken, "broken")
+    broken[nodes_of["FYE_LoadModel"]]["inputs"]["checkpoint"] = "fye_sd15.safetensors"
+    broken[nodes_of["FYE_LoadModel"]]["inputs"]["dtype"] = "fp8"
+    with pytest.raises(AssertionError, match="not one of"):
+        check_api(broken, "broken")
+    # a file the workflow names must be listed in _requires; only known top-level keys
+    broken = json.loads(json.dumps(prompt))
+    broken[nodes_of["VAELoader"]]["inputs"]["vae_name"] = "other_vae.safetensors"
+    with pytest.raises(AssertionError, match="other_vae.safetensors"):
+        check_requires(broken, "broken")
+    broken[nodes_of["VAELoader"]]["inputs"]["vae_name"] = "pixel_space"  # built in: nothing to require
+    check_requires(broken, "built-in")
+    broken["_require"] = []
+    with pytest.raises(AssertionError, match="unknown top-level keys"):
+        check_requires(broken, "broken")
+    del broken["_require"]
+    broken["_requires"] = ["/abs/models/vae/x.safetensors"]
+    with pytest.raises(AssertionError, match="relative path"):
+        check_requires(broken, "broken")
