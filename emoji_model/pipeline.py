@@ -51,8 +51,12 @@ def _to_control_tensor(control, device, dtype) -> torch.Tensor:
     return t.permute(3, 0, 1, 2)[None].to(device, dtype)  # "f h w c -> 1 c f h w"
 
 
-def landmark_features(model, control, device, dtype, chunk: int = 16) -> torch.Tensor:
-    """Landmark-guider features [1,320,F,h,w] of every control frame, computed once per video."""
+def landmark_features(model, control, device, dtype, chunk: int = 16, store=None) -> torch.Tensor:
+    """Landmark-guider features [1,320,F,h,w] of every control frame, computed once per video.
+
+    Computed ``chunk`` frames at a time on ``device``; kept on ``store`` (default ``device``), so a
+    long track's features can wait in host memory while the accelerator holds one window.
+    """
     import torch
 
     num = len(control)
@@ -61,8 +65,16 @@ def landmark_features(model, control, device, dtype, chunk: int = 16) -> torch.T
     parts = []
     with torch.no_grad():
         for s in range(0, num, chunk):
-            parts.append(model.encode_landmarks(_to_control_tensor(control[s:s + chunk], device, dtype)))
+            feats = model.encode_landmarks(_to_control_tensor(control[s:s + chunk], device, dtype))
+            parts.append(feats.to(store or device))
     return torch.cat(parts, dim=2)
+
+
+def make_model_scheduler(model, settings: SamplerSettings):
+    """The sampler's scheduler with the noise schedule stored in the checkpoint's config."""
+    stored = dict(getattr(model.config, "scheduler", None) or {})
+    return make_scheduler(settings.scheduler, model.config.prediction_type,
+                          stored.get("rescale_betas_zero_snr"), betas=stored)
 
 
 def conditioning(reference, features: torch.Tensor, cfg: float) -> Conditioning:
@@ -99,18 +111,19 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
                      device=None, dtype=None, runtime: StandaloneRuntime | None = None) -> torch.Tensor:
     """Sample every frame of a track together (windows when longer than ``settings.window``).
 
-    Returns scaled latents [F,4,h,w] (divide by LATENT_SCALE before a VAE decode).
+    Returns scaled float32 latents [F,4,h,w] (divide by LATENT_SCALE before a VAE decode); the model
+    runs in ``dtype`` while the diffusion state stays float32, as in ComfyUI's own samplers.
     """
     import torch
 
     rt, device, dtype, (num, h, w) = _prepare(model, reference, control, settings, device, dtype, runtime)
     with torch.no_grad():
-        feats = landmark_features(model, control, device, dtype)
+        feats = landmark_features(model, control, device, dtype, store=rt.offload_device())
         cond = conditioning(reference, feats, settings.cfg)
-        scheduler = make_scheduler(settings.scheduler, model.config.prediction_type)
+        scheduler = make_model_scheduler(model, settings)
         scheduler.set_timesteps(settings.steps, device=device)
-        noise = initial_noise((1, 4, num, h, w), settings.seed, device, dtype)
-        denoiser = make_denoiser(model, cond, settings.cfg, settings.temporal)
+        noise = initial_noise((1, 4, num, h, w), settings.seed, device, torch.float32)
+        denoiser = make_denoiser(model, cond, settings.cfg, settings.temporal, dtype=dtype)
         total = count_windows(num, settings.window, settings.overlap, settings.steps)
         with rt.progress(total, "sampling") as bar:
             out = sample_windows(denoiser, noise * scheduler.init_noise_sigma, scheduler,
@@ -155,17 +168,17 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
 
     def run(frames: list[int], known=None, covered=None, mask=None, bar=None):
         feats = landmark_features(model, control[frames], device, dtype)
-        init = initial_noise((1, 4, len(frames), h, w), settings.seed, device, dtype, frames)
-        sched = make_scheduler(settings.scheduler, model.config.prediction_type)
+        init = initial_noise((1, 4, len(frames), h, w), settings.seed, device, torch.float32, frames)
+        sched = make_model_scheduler(model, settings)
         sched.set_timesteps(settings.steps, device=device)
         cond = conditioning(reference, feats, settings.cfg)
-        den = make_denoiser(model, cond, settings.cfg, settings.temporal, covered, mask)
+        den = make_denoiser(model, cond, settings.cfg, settings.temporal, covered, mask, dtype=dtype)
         return sample_windows(den, init * sched.init_noise_sigma, sched, window=settings.window,
                               overlap=settings.overlap, fusion=settings.fusion, known=known,
                               replace_known=known_mode == "replace", noise=init, eta=settings.eta,
                               seed=settings.seed, runtime=rt, bar=bar)
 
-    latents = torch.empty((1, 4, num, h, w), device=device, dtype=dtype)  # the only per-frame state
+    latents = torch.empty((1, 4, num, h, w), device=device)  # float32: the only per-frame state
     with torch.no_grad(), rt.progress(total, "progressive sampling") as bar:
         # Stage 1: keyframes spread over the whole track, as one clip.
         latents[:, :, keys] = run(keys, bar=bar)
@@ -174,7 +187,7 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
             known = {0: latents[0, :, a], b - a: latents[0, :, b]}
             covered = mask = None
             if known_mode == "covered":  # covered latents: known frames kept, the rest zeroed
-                covered = torch.zeros((1, 4, b - a + 1, h, w), device=device, dtype=dtype)
+                covered = torch.zeros((1, 4, b - a + 1, h, w), device=device)
                 mask = torch.ones_like(covered[:, :1])  # 1 = covered (unknown)
                 for i, lat in known.items():
                     covered[0, :, i] = lat
@@ -257,9 +270,12 @@ class LazyControls:
         return self.shape[0]
 
     def __getitem__(self, index) -> np.ndarray:
+        import numpy as np
+
         from .landmarks import render_controls
 
-        return render_controls(self.track[index], self.track.size, include_contour=self.include_contour)
+        frames = render_controls(self.track[index], self.track.size, include_contour=self.include_contour)
+        return frames[0] if isinstance(index, (int, np.integer)) else frames
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         frames = self[:]
@@ -295,7 +311,7 @@ def animate(model, reference_image: np.ndarray, aligned, vae, image_encoder, *,
     with torch.no_grad():
         ref = encode_reference(model, reference_image, vae_encoder_from_diffusers(vae),
                                clip_encoder_from_transformers(image_encoder), size=size, device=device, dtype=dtype)
-    controls = LazyControls(aligned, size) if long else reference_controls(aligned, size, runtime=rt)
+    controls = LazyControls(aligned, size)
 
     def run(s: SamplerSettings):
         if long:

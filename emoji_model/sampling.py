@@ -41,8 +41,8 @@ FUSIONS = ("pyramid", "flat")
 
 
 def make_scheduler(name: str = "ddim", prediction_type: str = "v_prediction",
-                   zero_terminal_snr: bool | None = None):
-    """A diffusers scheduler with the released betas and settings valid for ``prediction_type``.
+                   zero_terminal_snr: bool | None = None, betas: dict[str, Any] | None = None):
+    """A diffusers scheduler with the released betas (or ``betas``) and settings valid for ``prediction_type``.
 
     Zero-terminal-SNR rescaling and trailing spacing are on for v-prediction (as released) and off
     for epsilon-prediction, where a zero-SNR last step cannot be predicted.
@@ -59,6 +59,7 @@ def make_scheduler(name: str = "ddim", prediction_type: str = "v_prediction",
         raise InvalidRequestError("zero-terminal-SNR needs a v-prediction checkpoint; this one predicts epsilon")
     cls_name, extra = SCHEDULERS[name]
     kwargs = dict(BETAS, prediction_type=prediction_type, **extra)
+    kwargs.update({k: v for k, v in (betas or {}).items() if k in BETAS})
     kwargs["timestep_spacing"] = "trailing" if zero_terminal_snr else "leading"
     if zero_terminal_snr:
         kwargs["rescale_betas_zero_snr"] = True
@@ -147,19 +148,20 @@ class Conditioning:
 
 
 def make_denoiser(model, cond: Conditioning, cfg: float, temporal: bool = True,
-                  covered: torch.Tensor | None = None, cover_mask: torch.Tensor | None = None
-                  ) -> Callable[[torch.Tensor, Any, Sequence[int]], torch.Tensor]:
-    """A denoiser ``(x [1,4,W,h,w], t, frame indices) -> guided model output``.
+                  covered: torch.Tensor | None = None, cover_mask: torch.Tensor | None = None,
+                  dtype: torch.dtype | None = None) -> Callable[[torch.Tensor, Any, Sequence[int]], torch.Tensor]:
+    """A denoiser ``(x [1,4,W,h,w], t, frame indices) -> guided model output`` in float32.
 
-    The conditional and unconditional branches run as one batch; ``covered``/``cover_mask``
-    ([1,4,F,h,w]/[1,1,F,h,w] over the whole track; the mask is 1 on unknown frames) feed the
-    covered-latent input channels.
+    The conditional and unconditional branches run as one batch, in the model's ``dtype`` (the
+    latents themselves stay float32); ``covered``/``cover_mask`` ([1,4,F,h,w]/[1,1,F,h,w] over the
+    whole track; the mask is 1 on unknown frames) feed the covered-latent input channels.
     """
     import torch
 
     def denoise(x: torch.Tensor, t, frames: Sequence[int]) -> torch.Tensor:
         idx = list(frames)
         n = 2 if cond.guided else 1
+        x = x.to(dtype or x.dtype)
         lmk = cond.landmark_features[:, :, idx].to(x.device, x.dtype)
         kwargs: dict[str, Any] = {"landmark_features": lmk.expand(n, *lmk.shape[1:]), "temporal": temporal,
                                   "bank_mask": cond.bank_mask}
@@ -169,7 +171,7 @@ def make_denoiser(model, cond: Conditioning, cfg: float, temporal: bool = True,
             kwargs["covered"] = cov.expand(n, *cov.shape[1:])
             kwargs["cover_mask"] = mask.expand(n, *mask.shape[1:])
         timestep = torch.as_tensor(t, device=x.device).reshape(-1)[:1].expand(n)
-        out = model.denoise(torch.cat([x] * n), timestep, cond.prompt_tokens, cond.banks, **kwargs)
+        out = model.denoise(torch.cat([x] * n), timestep, cond.prompt_tokens, cond.banks, **kwargs).float()
         if not cond.guided:
             return out
         uncond, text = out.chunk(2)
@@ -206,7 +208,7 @@ def sample_windows(denoiser, latents: torch.Tensor, scheduler, *, window: int, o
                    replace_known: bool = True, noise: torch.Tensor | None = None, eta: float = 0.0,
                    seed: int = 0, runtime: StandaloneRuntime | None = None,
                    bar: ProgressBar | None = None) -> torch.Tensor:
-    """Denoise ``latents`` [1,4,F,h,w] over the scheduler's timesteps with fused context windows.
+    """Denoise float32 ``latents`` [1,4,F,h,w] over the scheduler's timesteps with fused context windows.
 
     Known frames (index -> clean latent [4,h,w]) are imposed by replacement with their latents
     noised to each step (RePaint-style, Lugmayr et al. 2022) when ``replace_known``, and always set
@@ -230,7 +232,7 @@ def sample_windows(denoiser, latents: torch.Tensor, scheduler, *, window: int, o
     if "eta" in params:
         step_kwargs["eta"] = eta
     if "generator" in params:
-        step_kwargs["generator"] = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
+        step_kwargs["generator"] = torch.Generator(device="cpu").manual_seed((int(seed) + 1) % 2**63)
     for step, t in enumerate(scheduler.timesteps):
         if known_idx and replace_known:
             latents[:, :, known_idx] = scheduler.add_noise(known_lat, known_noise, t.reshape(1))

@@ -84,10 +84,15 @@ class ComfyRuntime(StandaloneRuntime):
         return comfy.model_patcher.ModelPatcher(module, load_device=self.torch_device(),
                                                 offload_device=self.offload_device())
 
-    def load_model(self, module: Any, device=None) -> Any:
-        """Load a managed model to the compute device (freeing others first); returns the module."""
+    def load_model(self, module: Any, device=None, memory_required: int = 0) -> Any:
+        """Load a managed model wholly onto the compute device (evicting others first); returns the module.
+
+        A full load, because ComfyUI's partial (low-VRAM) load only moves modules built from its own
+        cast-weight layers and would leave ours split across devices; ``memory_required`` (bytes of
+        activations) lets the host evict other models instead of the run failing.
+        """
         if hasattr(module, "model") and hasattr(module, "load_device"):
-            self._mm.load_models_gpu([module])
+            self._mm.load_models_gpu([module], memory_required=memory_required, force_full_load=True)
             return module.model
         return super().load_model(module, device)
 

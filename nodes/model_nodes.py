@@ -150,7 +150,12 @@ class ReferenceEncoder:
 
     def encode(self, fye_model, image, vae, width, height, clip_vision=None, image_encoder=NONE):
         from emoji_model.errors import InvalidRequestError
-        from emoji_model.reference import clip_encoder_from_transformers, encode_reference
+        from emoji_model.reference import (
+            clip_encoder_from_transformers,
+            encode_reference,
+            fit_to_size,
+            image_to_pixels,
+        )
 
         runtime = get_runtime()
         if clip_vision is not None:
@@ -163,9 +168,14 @@ class ReferenceEncoder:
             clip_encode = clip_encoder_from_transformers(encoder)
         else:
             raise InvalidRequestError("connect a CLIP_VISION (CLIP ViT-L/14) or choose an image_encoder file")
+        # The host's VAE and CLIP run first: loading them may evict other models, and ours must be
+        # on the device, whole, when its own networks run.
+        device = runtime.torch_device()
+        pixels = fit_to_size(image_to_pixels(image[:1]), (height, width)).to(device)
+        latent, tokens = host_vae_encoder(vae)(pixels * 2 - 1), clip_encode(pixels)
         model = fye_model.module(runtime)
-        ref = encode_reference(model, image[:1], host_vae_encoder(vae), clip_encode, size=(height, width),
-                               device=runtime.torch_device(), dtype=fye_model.dtype)
+        ref = encode_reference(model, image[:1], lambda _: latent, lambda _: tokens, size=(height, width),
+                               device=device, dtype=fye_model.dtype)
         return (ref.to(runtime.offload_device()),)
 
 

@@ -56,15 +56,15 @@ class _Sampler:
     FUNCTION = "sample"
 
     def _run(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae,
-             generate, lazy=False):
-        from emoji_model.pipeline import LazyControls, reference_controls, with_oom_retry
+             generate):
+        from emoji_model.pipeline import LazyControls, with_oom_retry
         from emoji_model.sampling import SamplerSettings
 
         runtime = get_runtime()
         model = fye_model.module(runtime)
         device = runtime.torch_device()
         ref = reference.to(device, fye_model.dtype)
-        controls = LazyControls(faces, ref.size) if lazy else reference_controls(faces, ref.size, runtime=runtime)
+        controls = LazyControls(faces, ref.size)  # rendered window by window, never all at once
         settings = SamplerSettings(steps=steps, cfg=cfg, scheduler=scheduler, seed=seed, window=window,
                                    overlap=overlap, fusion=fusion)
         samples = with_oom_retry(lambda s: generate(model, ref, controls, s, device=device,
@@ -123,7 +123,7 @@ class ProgressiveLongVideo(_Sampler):
                                        known_mode=known_frames, **kw)
 
         return self._run(fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae,
-                         generate, lazy=True)
+                         generate)
 
 
 NODES = [TemporalSampler, ProgressiveLongVideo]

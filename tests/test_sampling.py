@@ -392,3 +392,47 @@ def test_decoding_streams_in_chunks():
     frames = np.concatenate(list(decode_frames(decode, lat, chunk=2)))
     assert sizes == [2, 2, 1]
     assert frames.shape == (5, SIZE, SIZE, 3) and frames.dtype == np.uint8
+
+
+def test_the_largest_seed_the_node_offers_samples():
+    out = generate_latents(_model(), _reference(), _controls()[:4], _settings(seed=0xFFFFFFFFFFFFFFFF,
+                                                                               scheduler="euler_ancestral"),
+                           device="cpu")
+    assert torch.isfinite(out).all()
+
+
+def test_a_bf16_model_keeps_the_diffusion_state_in_float32():
+    """The networks run in bf16, the latents and scheduler steps stay float32 (as ComfyUI's samplers do)."""
+    import copy
+
+    model32, ref32, ctrl = _model(), _reference(), _controls()[:6]
+    model16 = copy.deepcopy(model32).to(torch.bfloat16)
+    ref16 = ref32.to(dtype=torch.bfloat16)
+    a = generate_latents(model32, ref32, ctrl, _settings(), device="cpu")
+    b = generate_latents(model16, ref16, ctrl, _settings(), device="cpu", dtype=torch.bfloat16)
+    assert b.dtype == torch.float32
+    assert (a - b).abs().mean() / a.abs().mean() < 0.05
+
+
+def test_the_scheduler_follows_the_checkpoint_schedule():
+    from dataclasses import replace
+
+    from emoji_model.pipeline import make_model_scheduler
+
+    model = _model()
+    assert make_model_scheduler(model, _settings()).config.beta_end == pytest.approx(0.012)
+    stored = dict(model.config.scheduler, beta_end=0.02, rescale_betas_zero_snr=False)
+    other = type("M", (), {"config": replace(model.config, scheduler=stored)})()
+    sched = make_model_scheduler(other, _settings())
+    assert sched.config.beta_end == pytest.approx(0.02) and not sched.config.rescale_betas_zero_snr
+
+
+def test_lazy_controls_index_like_an_array():
+    from emoji_model.align import align_motion
+    from emoji_model.pipeline import LazyControls
+    from landmark_inputs import astronaut_track, driving_track
+
+    lazy = LazyControls(align_motion(astronaut_track(), driving_track())[:5], (SIZE, SIZE))
+    full = np.asarray(lazy)
+    assert lazy[3].shape == (SIZE, SIZE, 3) and np.array_equal(lazy[3], full[3])
+    assert np.array_equal(lazy[1:4], full[1:4]) and np.array_equal(lazy[[0, 4]], full[[0, 4]])

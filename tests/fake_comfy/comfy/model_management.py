@@ -24,8 +24,9 @@ def should_use_bf16(device=None, **kw):
     return False
 
 
-def load_models_gpu(models, **kw):
-    calls.append(("load_models_gpu", len(models)))
+def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                    force_full_load=False):
+    calls.append(("load_models_gpu", len(models), force_full_load))
 
 
 def soft_empty_cache(force=False):
