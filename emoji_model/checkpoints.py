@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointMismatchError, InvalidRequestError, MissingModelError
+from .fileio import atomic_path
 from .networks import COMPONENTS, FollowYourEmoji, FYEConfig, build_model
 
 log = logging.getLogger(__name__)
@@ -311,8 +312,8 @@ def save_model(model: FollowYourEmoji, path: str | os.PathLike, *, dtype: torch.
     meta = {"fye_format": FORMAT_VERSION, "fye_config": model.config.to_json(), "fye_component": "all"}
     meta.update(extra_metadata or {})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
@@ -328,7 +329,8 @@ def save_components(model: FollowYourEmoji, directory: str | os.PathLike, *,
         tensors = {k: _for_saving(v, dtype) for k, v in getattr(model, comp).state_dict().items()}
         meta = {"fye_format": FORMAT_VERSION, "fye_config": model.config.to_json(), "fye_component": comp}
         path = directory / f"{comp}.safetensors"
-        save_file(tensors, str(path), metadata=meta)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         out.append(path)
     return out
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import geometry
 from .errors import InvalidRequestError, NoFaceDetectedError
+from .fileio import atomic_path
 from .runtime import FACE_LANDMARKER_FILE, resolve
 
 if TYPE_CHECKING:
@@ -98,11 +99,9 @@ class FaceTrack:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the track as .npz (points, canonical, pose, blendshapes, valid, size, fps)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez_compressed(tmp, **{k: getattr(self, k) for k in self.ARRAYS},
-                            size=np.array(self.size, dtype=np.int64), fps=np.array(self.fps))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, **{k: getattr(self, k) for k in self.ARRAYS},
+                                size=np.array(self.size, dtype=np.int64), fps=np.array(self.fps))
         return path
 
     @classmethod

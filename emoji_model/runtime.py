@@ -134,7 +134,8 @@ class StandaloneRuntime:
             raise InvalidRequestError(f"dtype must be one of auto, fp32, fp16, bf16; got {requested!r}")
         dev = self.torch_device()
         if dev.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # Native bf16 only (Ampere and newer); older cards would emulate it slowly.
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         if dev.type == "mps":
             return torch.float16
         return torch.float32

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from .host import get_runtime
-from .landmark_nodes import DEFAULT_FACE_MODEL, _face_model, _face_model_choices, _to_image
+from .landmark_nodes import (
+    CONTOUR_TIP,
+    DEFAULT_FACE_MODEL,
+    OUTER_LIPS_TIP,
+    _face_model,
+    _face_model_choices,
+    _to_image,
+)
 
 CATEGORY = "FollowYourEmoji"
 
@@ -173,8 +180,8 @@ class ExpressionEditor:
         return {
             "required": required,
             "optional": {
-                "include_contour": ("BOOLEAN", {"default": False}),
-                "outer_lips": ("BOOLEAN", {"default": False}),
+                "include_contour": ("BOOLEAN", {"default": False, "tooltip": CONTOUR_TIP}),
+                "outer_lips": ("BOOLEAN", {"default": False, "tooltip": OUTER_LIPS_TIP}),
             },
         }
 

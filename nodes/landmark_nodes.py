@@ -6,6 +6,9 @@ from .host import get_runtime
 
 CATEGORY = "FollowYourEmoji"
 DEFAULT_FACE_MODEL = "face_landmarker.task (default)"
+# The samplers always draw what the model was trained on (no contour, inner lips only).
+CONTOUR_TIP = "draw the face contour in this node's control images (a preview for comparison; not used by the samplers)"
+OUTER_LIPS_TIP = "draw the outer lip line in this node's control images (a preview; not used by the samplers)"
 
 
 def _face_model_choices() -> list[str]:
@@ -53,10 +56,8 @@ class LandmarkExtractor:
                 "image": ("IMAGE", {"tooltip": "a portrait, or the frames of a driving video"}),
                 "face_index": ("INT", {"default": 0, "min": 0, "max": 16,
                                        "tooltip": "which face when there are several, by size: 0 = largest"}),
-                "include_contour": ("BOOLEAN", {"default": False,
-                                                "tooltip": "draw the face contour (the model was trained "
-                                                           "without it; for comparison only)"}),
-                "outer_lips": ("BOOLEAN", {"default": False, "tooltip": "draw the outer lip line too"}),
+                "include_contour": ("BOOLEAN", {"default": False, "tooltip": CONTOUR_TIP}),
+                "outer_lips": ("BOOLEAN", {"default": False, "tooltip": OUTER_LIPS_TIP}),
             },
             "optional": {
                 "mode": (["auto", "video", "image"], {
@@ -122,8 +123,8 @@ class MotionAligner:
                                       "tooltip": "temporal Savitzky-Golay window in frames (0 = off)"}),
             },
             "optional": {
-                "include_contour": ("BOOLEAN", {"default": False}),
-                "outer_lips": ("BOOLEAN", {"default": False}),
+                "include_contour": ("BOOLEAN", {"default": False, "tooltip": CONTOUR_TIP}),
+                "outer_lips": ("BOOLEAN", {"default": False, "tooltip": OUTER_LIPS_TIP}),
             },
         }
 

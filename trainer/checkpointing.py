@@ -6,6 +6,7 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/step_XXXXXXXX/``:
   metadata), fp32; ``emoji_model.checkpoints.load_model`` reads it as it is.
 * ``ema.safetensors`` — the EMA shadows of the trained parameters (when EMA is on).
 * ``optimizer.pt`` — the optimizer's state_dict (tensors and numbers only: read with weights_only).
+* ``scaler.pt`` — the fp16 gradient scaler's state, when mixed precision is fp16.
 * ``rng_<rank>.pt`` — per process: Python, NumPy, torch CPU/CUDA generator states and the noise generator.
 * ``state.json`` — format, step, data position (epoch, global batches consumed), the training config,
   the FYEConfig, number of processes, EMA updates; written last.
@@ -121,6 +122,9 @@ def save_checkpoint(accelerator, run_dir: str | os.PathLike, step: int, *, model
         if ema is not None:
             save_file(ema.state_dict(), str(tmp / "ema.safetensors"), metadata={"fye_ema_updates": str(ema.updates)})
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        scaler = getattr(accelerator, "scaler", None)  # fp16 loss scaling: its scale must survive a resume
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
         (tmp / "state.json").write_text(json.dumps({"format": TRAIN_FORMAT, "step": step, **state}, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -141,6 +145,14 @@ def save_checkpoint(accelerator, run_dir: str | os.PathLike, step: int, *, model
 def load_optimizer_state(checkpoint: Path) -> dict[str, Any]:
     """The optimizer state_dict of a checkpoint (weights-only load)."""
     return torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+
+
+def load_scaler_state(accelerator, checkpoint: Path) -> None:
+    """Restore the fp16 gradient scaler's scale and growth tracker, when the run uses one."""
+    scaler = getattr(accelerator, "scaler", None)
+    path = checkpoint / "scaler.pt"
+    if scaler is not None and path.is_file():
+        scaler.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def load_rng_state(checkpoint: Path, rank: int) -> dict[str, Any] | None:

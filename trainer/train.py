@@ -231,6 +231,7 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
     step, epoch, position = 0, 0, 0
     if resume_from is not None:
         optimizer.load_state_dict(ck.load_optimizer_state(resume_from))
+        ck.load_scaler_state(accelerator, resume_from)
         if ema is not None:
             from emoji_model.checkpoints import read_state_dict
 
