@@ -257,6 +257,11 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
                                                  if isinstance(v, (int, float, str, bool))})
     stream = batch_stream(dataset, order, epoch, position, cfg.num_workers)
     metrics_path = run_dir / "metrics.jsonl"
+    if accelerator.is_main_process and metrics_path.is_file():
+        # Steps after the checkpoint we resume from were lost with the crash; they will be logged again.
+        lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        metrics_path.write_text("".join(ln + "\n" for ln in kept))
     unwrapped = accelerator.unwrap_model(forward).model
     params = [p for _, p in named]
 
