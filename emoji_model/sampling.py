@@ -109,13 +109,14 @@ def context_windows(num_frames: int, window: int, overlap: int, step: int = 0) -
     """Uniform overlapping windows covering ``range(num_frames)``, shifted from step to step.
 
     Window starts are ``offset + k * stride`` (stride = window - overlap) clamped to the track, with
-    the first window at 0 and the last ending at the last frame; the offset cycles with ``step`` so
-    that window seams do not stay on the same frames at every denoising step.
+    the first window at 0 and the last ending at the last frame. The offset follows the golden-ratio
+    sequence over the steps, so that window seams land on different frames at every denoising step
+    and spread evenly over the stride.
     """
     if num_frames <= window:
         return [list(range(num_frames))]
     stride = window - overlap
-    offset = (step * max(1, stride // 2)) % stride
+    offset = int(stride * ((step * 0.6180339887498949) % 1.0))
     last = num_frames - window
     starts = {0, last}
     starts.update(min(s, last) for s in range(offset, last, stride))
