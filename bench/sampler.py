@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -42,7 +40,7 @@ def _inputs(frames: int, size: int):
     return model, vae, ref, controls
 
 
-def overhead(size: int, steps: int, frames: int = 40, repeats: int = 3) -> None:
+def overhead(size: int, steps: int, frames: int = 40, repeats: int = 5) -> None:
     """Time generate_latents against replaying exactly its UNet calls."""
     import torch
 
@@ -62,75 +60,124 @@ def overhead(size: int, steps: int, frames: int = 40, repeats: int = 3) -> None:
     model.denoise = recording
     generate_latents(model, ref, controls, settings, device="cpu")
     model.denoise = original
-    sampler, bare = [], []
+
+    def sampler_run():
+        generate_latents(model, ref, controls, settings, device="cpu")
+
+    def bare_run():
+        for args, kwargs in calls:
+            original(*args, **kwargs)
+
+    # CPU time of the process (not wall time, which a shared VM's steal time makes jitter by +-10%),
+    # in pairs whose order alternates; the median of the paired ratios.
+    ratios, times = [], []
     with torch.no_grad():
-        for _ in range(repeats):
-            t = time.perf_counter()
-            generate_latents(model, ref, controls, settings, device="cpu")
-            sampler.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            for args, kwargs in calls:
-                original(*args, **kwargs)
-            bare.append(time.perf_counter() - t)
-    s, b = min(sampler), min(bare)
-    print(f"sampler overhead: {100 * (s / b - 1):.1f}% over the bare UNet forward on the same {len(calls)} batches "
-          f"({s:.2f} s vs {b:.2f} s; tiny config, {frames} frames at {size}px, {steps} steps, window 16/4, CPU)")
+        for r in range(repeats):
+            pair = {}
+            for name, run in ((("sampler", sampler_run), ("bare", bare_run)) if r % 2 == 0
+                              else (("bare", bare_run), ("sampler", sampler_run))):
+                t = time.process_time()
+                run()
+                pair[name] = time.process_time() - t
+            ratios.append(pair["sampler"] / pair["bare"])
+            times.append(pair)
+    ratio = sorted(ratios)[len(ratios) // 2]
+    s = sorted(p["sampler"] for p in times)[len(times) // 2]
+    b = sorted(p["bare"] for p in times)[len(times) // 2]
+    print(f"sampler overhead: {100 * (ratio - 1):.1f}% over the bare UNet forward on the same {len(calls)} batches "
+          f"(median of {repeats} paired runs, CPU time {s:.2f} s vs {b:.2f} s; tiny config, {frames} frames at "
+          f"{size}px, {steps} steps, window 16/4)")
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+class PeakTensorMemory:
+    """Peak bytes of tensor storage alive at once among tensors created inside the block.
+
+    A TorchDispatchMode sees every tensor an operation creates; storages are counted once, and freed
+    when the last tensor made on them is collected. Weights and inputs made before the block are
+    not counted, so this is the memory a run adds, measured exactly rather than through RSS.
+    """
+
+    def __init__(self):
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        meter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in torch.utils._pytree.tree_leaves(out):
+                    if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                        meter._track(t)
+                return out
+
+        self.mode = Mode()
+        self.live = self.peak = 0
+        self.refs: dict[int, list[int]] = {}  # storage pointer -> [tensors alive, bytes]
+
+    def _track(self, t) -> None:
+        import weakref
+
+        storage = t.untyped_storage()
+        key, size = storage.data_ptr(), storage.nbytes()
+        if key == 0 or size == 0:
+            return
+        entry = self.refs.get(key)
+        if entry is None:
+            entry = self.refs[key] = [0, size]
+            self.live += size
+            self.peak = max(self.peak, self.live)
+        entry[0] += 1
+        weakref.finalize(t, self._release, key)
+
+    def _release(self, key: int) -> None:
+        entry = self.refs.get(key)
+        if entry is not None:
+            entry[0] -= 1
+            if entry[0] == 0:
+                self.live -= entry[1]
+                del self.refs[key]
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
 
 
-def peak_child(frames: int, size: int, steps: int) -> None:
-    """In a fresh process: peak RSS growth while the progressive sampler makes ``frames`` frames (bytes)."""
-    from skimage import data
-
+def progressive_peak(frames: int, size: int, steps: int, model, ref) -> int:
+    """Peak bytes of tensors the progressive sampler keeps alive while making ``frames`` frames."""
     from emoji_model.align import align_motion
     from emoji_model.landmarks import FaceTrack
     from emoji_model.pipeline import LazyControls, progressive_latents
-    from emoji_model.reference import clip_encoder_from_transformers, encode_reference, vae_encoder_from_diffusers
     from emoji_model.sampling import SamplerSettings
     from landmark_inputs import astronaut_track, driving_track
+
+    aligned = align_motion(astronaut_track(), driving_track())
+    track = FaceTrack.concat([aligned, aligned[::-1]] * (frames // (2 * len(aligned)) + 1))[:frames]
+    controls = LazyControls(track, (size, size))
+    with PeakTensorMemory() as meter:
+        progressive_latents(model, ref, controls, SamplerSettings(steps=steps, window=16, overlap=4),
+                            device="cpu")
+    return meter.peak
+
+
+def memory(size: int, steps: int) -> None:
+    """Peak tensor memory of a 256-frame track against a 32-frame track, same model and window."""
+    from skimage import data
+
+    from emoji_model.reference import clip_encoder_from_transformers, encode_reference, vae_encoder_from_diffusers
     from tiny_fye import random_model, tiny_clip, tiny_vae
 
     model = random_model(seed=1)
     ref = encode_reference(model, data.astronaut(), vae_encoder_from_diffusers(tiny_vae()),
                            clip_encoder_from_transformers(tiny_clip()), size=(size, size), device="cpu")
-    aligned = align_motion(astronaut_track(), driving_track())
-    track = FaceTrack.concat([aligned, aligned[::-1]] * (frames // (2 * len(aligned)) + 1))[:frames]
-    controls = LazyControls(track, (size, size))
-    settings = SamplerSettings(steps=steps, window=16, overlap=4)
-    progressive_latents(model, ref, LazyControls(track[:16], (size, size)), settings,
-                        device="cpu")  # warm-up: allocator pools and lazy imports before the baseline
-    base = _rss()
-    peak = [base]
-    done = threading.Event()
-
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.0005)
-
-    w = threading.Thread(target=watch, daemon=True)
-    w.start()
-    progressive_latents(model, ref, controls, settings, device="cpu")
-    done.set()
-    w.join()
-    print(f"PEAK {max(peak[0], _rss()) - base}")
-
-
-def memory(size: int, steps: int) -> None:
-    """Peak memory growth of a 256-frame track against a 32-frame track, each in its own process."""
-    peaks = {}
-    for frames in (32, 256):
-        out = subprocess.run([sys.executable, __file__, "--child", str(frames), "--size", str(size),
-                              "--steps", str(steps)], capture_output=True, text=True, check=True)
-        peaks[frames] = int([ln for ln in out.stdout.splitlines() if ln.startswith("PEAK")][-1].split()[1])
+    peaks = {frames: progressive_peak(frames, size, steps, model, ref) for frames in (32, 256)}
     ratio = peaks[256] / peaks[32]
     print(f"peak memory of the progressive sampler, 256 vs 32 frames at window 16: {ratio:.2f}x "
-          f"({peaks[256] / 2**20:.0f} MiB vs {peaks[32] / 2**20:.0f} MiB of growth while sampling; tiny config, "
-          f"{size}px, CPU)")
+          f"({peaks[256] / 2**20:.1f} MiB vs {peaks[32] / 2**20:.1f} MiB of live tensors at once while sampling; "
+          f"tiny config, {size}px, CPU)")
 
 
 def animate_fps(size: int, steps: int, frames: int = 48) -> None:
@@ -158,11 +205,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.child:
-        peak_child(args.child, args.size, 2)
-        return
     overhead(args.size, args.steps)
     memory(args.size * 2, 2)
     animate_fps(args.size, args.steps)
