@@ -106,9 +106,7 @@ class GracefulStop:
     def _handle(self, signum, frame) -> None:
         if self.signum and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("%s received: saving a checkpoint at the end of this step, then stopping",
-                    signal.Signals(signum).name)
+        self.signum = signum  # only a flag: logging here could re-enter a stream write and lose the record
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
@@ -306,8 +304,10 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
 
                 raise FYEError(f"the loss is {loss} at step {step + 1}; nothing was applied. Lower lr, or use bf16 "
                                "instead of fp16")
-            if reduced[3].item() > 0:
+            if reduced[3].item() > 0 and not signum:
                 signum = stop.signum or signal.SIGTERM
+                log.warning("%s received: saving a checkpoint at the end of this step, then stopping",
+                            signal.Signals(signum).name)
             grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
