@@ -518,7 +518,7 @@ def _released_files(files: Iterable[Path]) -> dict[str, TensorFile]:
     lacking = [s for s in RELEASED_FILES if s not in found]
     if lacking:
         where = sorted({str(Path(f).parent) for f in files}) or ["(no files)"]
-        raise CheckpointMismatchError(", ".join(where), note=f"missing released file(s): "
+        raise CheckpointMismatchError(", ".join(where), note="missing released file(s): "
                                       + ", ".join(f"{s}.pth" for s in lacking))
     return found
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidRequestError, VideoReadError
+from .fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -124,32 +124,24 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarr
     import av
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not fps or fps <= 0:
         raise InvalidRequestError(f"fps must be positive, got {fps!r}")
-    # A temporary name in the same folder (so os.replace is atomic), created with normal permissions.
-    tmp = str(path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.mp4"))
     count = 0
-    try:
-        with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
-            for frame in frames:
-                frame = _even(np.ascontiguousarray(frame, dtype=np.uint8))
-                if count == 0:
-                    stream.height, stream.width = frame.shape[:2]
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-                count += 1
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for frame in frames:
+            frame = _even(np.ascontiguousarray(frame, dtype=np.uint8))
             if count == 0:
-                raise InvalidRequestError(f"no frame to write to '{path}'")
-            for packet in stream.encode():
+                stream.height, stream.width = frame.shape[:2]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            count += 1
+        if count == 0:
+            raise InvalidRequestError(f"no frame to write to '{path}'")
+        for packet in stream.encode():
+            container.mux(packet)
     log.debug("wrote %d frames to %s", count, path)
     return path
 

@@ -41,3 +41,28 @@ def astronaut():
     from skimage import data
 
     return data.astronaut()
+
+
+def _host_modules() -> list[str]:
+    import sys
+
+    return [m for m in sys.modules if m == "comfy" or m.startswith("comfy.") or m == "folder_paths"]
+
+
+@pytest.fixture()
+def comfy_host(monkeypatch):
+    """nodes/host.py in host mode, over the recorded stand-in of ComfyUI's modules (tests/fake_comfy)."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(FAKE_COMFY_DIR))
+    for m in _host_modules():
+        monkeypatch.delitem(sys.modules, m)
+    import nodes.host as host
+
+    host = importlib.reload(host)
+    host.register_model_folders()
+    yield host
+    for m in _host_modules():
+        del sys.modules[m]
+    importlib.reload(host)  # back to standalone mode for the tests that follow

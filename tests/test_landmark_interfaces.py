@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAKE_COMFY_DIR, REPO
+from conftest import REPO
 from emoji_model.__main__ import main
 from emoji_model.landmarks import FaceTrack, eye_aperture
 from emoji_model.video import read_video
@@ -176,21 +175,6 @@ def test_nodes_run_standalone_on_real_inputs(astronaut):
     stills, _, _ = LandmarkExtractor().extract(_image_tensor(np.stack([astronaut, astronaut])), 0, False, True,
                                                mode="image")
     np.testing.assert_allclose(stills.points[0], stills.points[1])
-
-
-@pytest.fixture()
-def comfy_host(monkeypatch):
-    """nodes/host.py in host mode, over the recorded stand-in of ComfyUI's modules."""
-    monkeypatch.syspath_prepend(str(FAKE_COMFY_DIR))
-    for m in [m for m in sys.modules if m == "comfy" or m.startswith("comfy.") or m == "folder_paths"]:
-        monkeypatch.delitem(sys.modules, m)
-    import nodes.host as host
-
-    host = importlib.reload(host)
-    yield host
-    for m in [m for m in sys.modules if m == "comfy" or m.startswith("comfy.") or m == "folder_paths"]:
-        del sys.modules[m]
-    importlib.reload(host)
 
 
 def test_extractor_node_reports_progress_and_stops_on_interrupt(comfy_host):

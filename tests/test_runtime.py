@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import FAKE_COMFY_DIR
 from emoji_model import MissingModelError
 from emoji_model.runtime import (
     FACE_LANDMARKER_SHA256,
@@ -68,21 +65,6 @@ def test_packaged_face_landmarker_is_the_released_bundle(face_task):
     assert hashlib.sha256(face_task.read_bytes()).hexdigest() == FACE_LANDMARKER_SHA256
     rt = StandaloneRuntime(models_dir=Path("/nonexistent"))
     assert rt.find_model("mediapipe", "face_landmarker.task") == path
-
-
-@pytest.fixture()
-def comfy_host(monkeypatch):
-    """nodes/host.py in host mode, over the recorded stand-in of ComfyUI's modules."""
-    monkeypatch.syspath_prepend(str(FAKE_COMFY_DIR))
-    for m in [m for m in sys.modules if m == "comfy" or m.startswith("comfy.") or m == "folder_paths"]:
-        monkeypatch.delitem(sys.modules, m)
-    import nodes.host as host
-
-    host = importlib.reload(host)
-    host.register_model_folders()
-    yield host
-    for m in [m for m in sys.modules if m == "comfy" or m.startswith("comfy.") or m == "folder_paths"]:
-        del sys.modules[m]
 
 
 def test_comfy_runtime_uses_host_services(comfy_host):

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from emoji_model.errors import InvalidRequestError, NoFaceDetectedError, VideoReadError
+from emoji_model.fileio import atomic_path
 
 log = logging.getLogger("emoji_model.trainer.data")
 
@@ -52,17 +53,10 @@ LAYOUT_KEYS = ("size", "clip_length", "fps", "scale")
 # -------------------------------------------------------------------------------------------------
 def atomic_write_bytes(path: Path, write) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

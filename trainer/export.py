@@ -61,17 +61,8 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, *, ema: bo
             for k, v in shadows.items():
                 params[k].copy_(v)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     meta = {"fye_trained_steps": str(state["step"]), "fye_stage": str(state.get("stage", "")),
             "fye_ema": "1" if ema else "0"}
-    try:
-        save_model(model, tmp, dtype=dtype, extra_metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a model file is meant to be shared
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_model(model, out, dtype=dtype, extra_metadata=meta)  # written atomically
     log.info("step %d of %s%s", state["step"], ckpt, " (EMA)" if ema else "")
     return out

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..align import align_motion
     from ..editor import animate_face
-    from ..landmarks import extract_image, extract_video, render_controls, render_frame
+    from ..landmarks import extract_image, extract_video, render_frame
     from ..pipeline import animate
     from ..runtime import default_runtime
     from ..sampling import SamplerSettings
