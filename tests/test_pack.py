@@ -71,6 +71,27 @@ def test_pack_loads_with_comfy_and_registers_model_folders(tmp_path):
         assert any(Path(p).name == folder and Path(p).parent.name == "models" for p in paths), paths
 
 
+def test_tests_run_from_a_checkout_named_as_users_install_it(tmp_path):
+    """The README's install name is no Python identifier: pytest must still collect the root __init__.py."""
+    import shutil
+
+    from conftest import SHARED
+
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    checkout = tmp_path / "ComfyUI-Follow-Your-Emoji"
+    for rel in filter(None, files):
+        if (REPO / rel).is_file():
+            (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / rel, checkout / rel)
+    env = dict(os.environ, FYE_SHARED=str(SHARED))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "tests/test_node_schemas.py::test_nodes_are_registered_under_fixed_ids"],
+                         cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "1 passed" in out.stdout
+
+
 def test_readme_test_command_is_what_ci_runs():
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
