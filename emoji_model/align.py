@@ -175,4 +175,4 @@ def align_motion(reference: FaceTrack, driving: FaceTrack, *, relative_pose: boo
     log.debug("aligned %d driving frames (neutral frame %d, relative pose %s, expression x%.2f)",
               n, k, relative_pose, expression_scale)
     return FaceTrack(points=points, canonical=canonical, pose=pose, blendshapes=drv.blendshapes,
-                     valid=driving.valid, size=ref.size, fps=drv.fps)
+                     valid=driving.valid, size=ref.size, fps=drv.fps, source=ref.source)

@@ -23,6 +23,7 @@ import numpy as np
 from . import geometry
 from .errors import InvalidRequestError, NoFaceDetectedError
 from .landmarks import Face, FaceLandmarker, FaceTrack, as_rgb_uint8, extract_auto, resolve_face_model, topology
+from .provenance import image_signature
 from .runtime import resolve
 
 if TYPE_CHECKING:
@@ -335,6 +336,8 @@ def crop_face(images: np.ndarray, faces: FaceTrack | None = None, *, margin: flo
     else:
         track = extract_auto(crops, fps=fps, face_index=0, face_model=face_model, what="the face crop",
                              runtime=runtime)
+    # The track belongs to the crop now: a still's reference portrait is the crop itself.
+    track = replace(track, source=image_signature(crops[0]) if len(crops) == 1 else None)
     log.debug("cropped %d frame(s) of %dx%d at box %s to %d px", len(images), w, h, info.box, size)
     return crops, info, track
 

@@ -463,7 +463,7 @@ def edit_track(track: FaceTrack, curves: Mapping[str, np.ndarray], *,
     blend = _edit_blendshapes(np.broadcast_to(base.blendshapes, (n, base.blendshapes.shape[1])), c)
     valid = np.broadcast_to(track.valid, (n,)).copy()
     return FaceTrack(points=points, canonical=canonical, pose=pose, blendshapes=blend, valid=valid,
-                     size=track.size, fps=track.fps)
+                     size=track.size, fps=track.fps, source=track.source)
 
 
 def animate_face(faces: FaceTrack, keys: str | Sequence[Keyframe] = "", *, frames: int = 48, fps: float = 25.0,

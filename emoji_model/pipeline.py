@@ -97,6 +97,29 @@ def _check_sizes(model, reference, control) -> tuple[int, int]:
     return h // 8, w // 8
 
 
+def check_track_matches_reference(track, reference) -> None:
+    """Reject an aligned track made for another portrait, or another framing of it, than ``reference``.
+
+    Both record their portrait (emoji_model.provenance): a track aligned to a crop but sampled with the
+    full image encoded (or the other way round) would put the face in the wrong place.
+    """
+    ref_h, ref_w = reference.size
+    track_w, track_h = track.size
+    if abs(track_w / track_h - ref_w / ref_h) > 0.02 * max(track_w / track_h, ref_w / ref_h):
+        raise InvalidRequestError(
+            f"the face track belongs to a {track_w}x{track_h} frame but the reference was encoded at "
+            f"{ref_w}x{ref_h}: encode the reference at the aspect of the portrait the track was aligned to")
+    mine, theirs = getattr(track, "source", None), getattr(reference, "source", None)
+    if mine is not None and theirs is not None:
+        why = theirs.differences(mine)
+        if why:
+            raise InvalidRequestError(
+                f"the face track was aligned to another portrait ({mine.describe()}) than the one the "
+                f"reference was encoded from ({theirs.describe()}; {', '.join(why)}). Connect the same image "
+                "to Encode Reference Portrait and to the reference landmarks (Crop Face's image and faces "
+                "go together).")
+
+
 def _prepare(model, reference, control, settings: SamplerSettings, device, dtype, runtime):
     """Validate a sampling request; the runtime, device, dtype and (frames, latent h, latent w)."""
     import torch
@@ -311,6 +334,7 @@ def animate(model, reference_image: np.ndarray, aligned, vae, image_encoder, *,
     with torch.no_grad():
         ref = encode_reference(model, reference_image, vae_encoder_from_diffusers(vae),
                                clip_encoder_from_transformers(image_encoder), size=size, device=device, dtype=dtype)
+    check_track_matches_reference(aligned, ref)
     controls = LazyControls(aligned, size)
 
     def run(s: SamplerSettings):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .errors import InvalidRequestError
 from .networks import FollowYourEmoji
+from .provenance import ImageSignature, image_signature
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class ReferenceEncoding:
     banks: list[torch.Tensor]
     banks_uncond: list[torch.Tensor] | None
     size: tuple[int, int]
+    source: ImageSignature | None = None  # the portrait it was encoded from (before resizing)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ReferenceEncoding:
         """A copy on ``device`` / in ``dtype`` (floating tensors only)."""
@@ -136,6 +138,36 @@ def vae_encoder_from_diffusers(vae) -> VaeEncode:
     return encode
 
 
+class PixelVAE:
+    """A diffusers AutoencoderKL with ComfyUI's VAE call convention, for runs without the host.
+
+    ``encode(images)``: IMAGE [B,H,W,3] in 0..1 → unscaled latents [B,4,H/8,W/8] (posterior mean);
+    ``decode(latents)``: unscaled latents → IMAGE [B,H,W,3] in 0..1.
+    """
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    @classmethod
+    def load(cls, path, device=None, dtype: torch.dtype | None = None) -> PixelVAE:
+        """From a diffusers folder, a diffusers-layout file or an ldm single file (SD VAE)."""
+        from .checkpoints import load_vae
+
+        return cls(load_vae(path, device=device or "cpu", dtype=dtype or torch.float32))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """IMAGE [B,H,W,3] in 0..1 → unscaled latents."""
+        pixels = images[..., :3].movedim(-1, 1).to(self.vae.device, self.vae.dtype) * 2 - 1
+        return self.vae.encode(pixels).latent_dist.mean.float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unscaled latents [B,4,h,w] → IMAGE [B,H,W,3] in 0..1."""
+        out = self.vae.decode(latents.to(self.vae.device, self.vae.dtype)).sample.float()
+        return ((out + 1) / 2).clamp(0, 1).movedim(1, -1)
+
+
 def clip_encoder_from_transformers(image_encoder) -> ClipEncode:
     """``clip_encode`` for a transformers CLIPVisionModel(WithProjection): preprocessing + last_hidden_state."""
 
@@ -177,4 +209,5 @@ def encode_reference(model: FollowYourEmoji, image: np.ndarray | torch.Tensor, v
     banks = model.appearance_banks(latent, prompt, clip_tokens=clip_tokens)
     banks_u = model.appearance_banks(latent, prompt_uncond, clip_tokens=zeros) if uncond_banks else None
     return ReferenceEncoding(latent=latent, clip_tokens=clip_tokens, prompt_tokens=prompt,
-                             prompt_tokens_uncond=prompt_uncond, banks=banks, banks_uncond=banks_u, size=(h, w))
+                             prompt_tokens_uncond=prompt_uncond, banks=banks, banks_uncond=banks_u, size=(h, w),
+                             source=image_signature(image))
