@@ -23,6 +23,7 @@ import numpy as np
 from . import geometry
 from .errors import InvalidRequestError, NoFaceDetectedError
 from .fileio import atomic_path
+from .provenance import ImageSignature, image_signature
 from .runtime import FACE_LANDMARKER_FILE, resolve
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class FaceTrack:
     valid: np.ndarray        # [N] bool: a face was detected in that frame
     size: tuple[int, int]    # (width, height) of the frames
     fps: float = 0.0         # frame rate of the source video; 0 for a still
+    source: ImageSignature | None = None  # the portrait the face belongs to (a still's track and its edits)
 
     ARRAYS: ClassVar[tuple[str, ...]] = ("points", "canonical", "pose", "blendshapes", "valid")
 
@@ -272,6 +274,8 @@ def extract_stills(images: Sequence[np.ndarray] | np.ndarray, *, face_index: int
             _store(track, i, face)
             bar.update()
     _finish_geometry(track, model)
+    if len(images) == 1:
+        track.source = image_signature(images[0])
     return track
 
 
@@ -356,21 +360,6 @@ def extract_auto(images: np.ndarray, *, mode: str = "auto", fps: float = 25.0, f
         return extract_stills(images, face_index=face_index, face_model=face_model, what=what, runtime=runtime)
     return extract_video(images, fps, face_index=face_index, face_model=face_model, what=what,
                          runtime=runtime)
-
-
-def extract_controls(images: np.ndarray, *, mode: str = "auto", fps: float = 25.0, face_index: int = 0,
-                     face_model: str | os.PathLike | None = None, include_contour: bool = False,
-                     outer_lips: bool = False, what: str = "the images",
-                     runtime: StandaloneRuntime | None = None) -> tuple[FaceTrack, np.ndarray, np.ndarray]:
-    """(track, control renders uint8 [B, H, W, 3], face mask bool [B, H, W]) of an image batch.
-
-    The mask is the union of the expression mask and the facial mask (paper 4.2).
-    """
-    track = extract_auto(images, mode=mode, fps=fps, face_index=face_index, face_model=face_model,
-                         what=what, runtime=runtime)
-    controls = render_controls(track, include_contour=include_contour, outer_lips=outer_lips, runtime=runtime)
-    expression, facial = face_masks(track, runtime=runtime)
-    return track, controls, expression | facial
 
 
 def _store(track: FaceTrack, i: int, face: Face) -> None:

@@ -12,10 +12,13 @@ import importlib.util
 import logging
 import os
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .bundled import BUNDLED_NAMES, bundled_path
 from .errors import InvalidRequestError, MissingModelError
 
 if TYPE_CHECKING:
@@ -93,12 +96,59 @@ class ProgressBar:
         self.close()
 
 
+class _StageBar:
+    """One stage of a staged run: advances its share of the run's single bar."""
+
+    def __init__(self, parent: ProgressBar, start: float, share: float, total: int):
+        self._parent, self._start, self._share = parent, start, share
+        self.total = max(int(total), 1)
+        self.current = 0
+
+    def update(self, n: int = 1) -> None:
+        """Advance by ``n`` steps of this stage."""
+        self.current = min(self.total, self.current + n)
+        target = round(self._start + self._share * self.current / self.total)
+        if target > self._parent.current:
+            self._parent.update(target - self._parent.current)
+
+    def close(self) -> None:
+        """Nothing to remove: the run's bar stays until the run ends."""
+
+    def __enter__(self) -> _StageBar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _Stages:
+    """Hands out the next stage of a staged run each time a library function asks for a bar."""
+
+    RESOLUTION = 1000
+
+    def __init__(self, bar: ProgressBar, weights: Sequence[float]):
+        total = float(sum(weights)) or 1.0
+        self.bar = bar
+        self._shares = [self.RESOLUTION * w / total for w in weights]
+        self._next = 0
+        self._start = 0.0
+
+    def next(self, total: int) -> _StageBar:
+        # A stage beyond the declared ones shares the last one's end (the bar is full by then).
+        share = self._shares[self._next] if self._next < len(self._shares) else 0.0
+        stage = _StageBar(self.bar, self._start, share, total)
+        self._start += share
+        self._next += 1
+        return stage
+
+
 class StandaloneRuntime:
     """Answers device, dtype, progress, interrupt and model-file questions without a host."""
 
     name = "standalone"
 
     def __init__(self, device: str | None = None, models_dir: str | os.PathLike | None = None):
+        self._stages: _Stages | None = None
         self._device = device or os.environ.get("FYE_DEVICE")
         env_dir = models_dir or os.environ.get("FYE_MODELS_DIR")
         self.models_dirs = [Path(env_dir)] if env_dir else []
@@ -155,10 +205,42 @@ class StandaloneRuntime:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+    def load_vae(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Any:
+        """A VAE with the host's IMAGE convention (encode/decode), read from a file or a diffusers folder."""
+        from .reference import PixelVAE
+
+        return PixelVAE.load(path, device=self.torch_device(), dtype=dtype)
+
     # -- progress and interrupts ---------------------------------------------------------
     def progress(self, total: int, desc: str = "") -> ProgressBar:
-        """A progress bar over ``total`` steps."""
+        """A progress bar over ``total`` steps (inside :meth:`stages`, the next stage of the run's bar)."""
+        if self._stages is not None:
+            return self._stages.next(total)
+        return self.make_bar(total, desc)
+
+    def make_bar(self, total: int, desc: str = "") -> ProgressBar:
+        """A new bar of its own (hosts override this to reach their UI)."""
         return ProgressBar(total, desc)
+
+    @contextmanager
+    def stages(self, *weights: float, desc: str = "") -> Iterator[ProgressBar]:
+        """One bar for a run of several stages: the i-th bar asked for inside fills the i-th share.
+
+        A node whose library calls each report progress (landmarks, then renders, then masks) thus
+        fills one bar once, in proportion to ``weights``, instead of three bars one after another.
+        """
+        if self._stages is not None:  # already staged by an outer caller: its bar keeps counting
+            yield self._stages.bar
+            return
+        bar = self.make_bar(_Stages.RESOLUTION, desc)
+        self._stages = _Stages(bar, weights or (1.0,))
+        try:
+            yield bar
+        finally:
+            self._stages = None
+            if bar.current < bar.total:
+                bar.update(bar.total - bar.current)
+            bar.close()
 
     def check_interrupt(self) -> None:
         """Raise the host's interrupt exception if the user asked to stop; standalone never does."""
@@ -170,7 +252,7 @@ class StandaloneRuntime:
         return [d / spec.folder for d in self.models_dirs]
 
     def list_models(self, kind: str) -> list[str]:
-        """File names of ``kind`` found in its folders (for a node's file list)."""
+        """File names of ``kind`` found in its folders (for a node's file list), then the bundled one."""
         spec = _kind(kind)
         names: list[str] = []
         for folder in self.model_folders(kind):
@@ -180,7 +262,7 @@ class StandaloneRuntime:
                         rel = p.relative_to(folder).as_posix()
                         if rel not in names:
                             names.append(rel)
-        return names
+        return with_bundled(kind, names)
 
     def find_model(self, kind: str, filename: str) -> Path:
         """Resolve ``filename`` (a path, or a name inside the kind's folders) or raise MissingModelError."""
@@ -197,10 +279,19 @@ class StandaloneRuntime:
             packaged = packaged_face_landmarker()
             if packaged is not None:
                 return packaged
+        bundled = bundled_path(kind, filename)
+        if bundled is not None:
+            return bundled
         searched = [str(f) for f in folders]
         if direct.is_absolute() or direct.parent != Path("."):
             searched.insert(0, str(direct.parent))
         raise MissingModelError(Path(filename).name, searched, _kind(kind).where_to_get)
+
+
+def with_bundled(kind: str, names: list[str]) -> list[str]:
+    """``names`` followed by the bundled file of ``kind`` (emoji_model.bundled), if there is one."""
+    extra = BUNDLED_NAMES.get(kind)
+    return names + [extra] if extra is not None and extra not in names else names
 
 
 def _kind(kind: str) -> ModelKind:

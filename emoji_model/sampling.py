@@ -35,6 +35,12 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "unipc": ("UniPCMultistepScheduler", {"final_sigmas_type": "zero", "lower_order_final": True}),
     "ddpm": ("DDPMScheduler", {"clip_sample": False}),
 }
+# What the nodes call them: diffusers' schedulers on this pack's noise schedule. ComfyUI's samplers of
+# similar names (ddim, euler, dpmpp_2m, uni_pc, ddpm) compute differently, so the names say "diffusers".
+SCHEDULER_LABELS: dict[str, str] = {
+    "ddim": "DDIM (diffusers)", "dpmpp_2m": "DPM++ 2M (diffusers)", "euler": "Euler (diffusers)",
+    "euler_ancestral": "Euler ancestral (diffusers)", "unipc": "UniPC (diffusers)", "ddpm": "DDPM (diffusers)",
+}
 BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 PREDICTION_TYPES = ("v_prediction", "epsilon")
 FUSIONS = ("pyramid", "flat")

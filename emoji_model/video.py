@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -37,25 +39,74 @@ def probe_video(path: str | os.PathLike) -> tuple[float, int]:
         raise VideoReadError(f"Cannot open video '{path}': {exc}") from exc
 
 
-def iter_video(path: str | os.PathLike) -> Iterator[np.ndarray]:
-    """Yield the frames of ``path`` one by one as uint8 RGB [H,W,3]; VideoReadError if none decode."""
+def iter_video(path: str | os.PathLike | BinaryIO) -> Iterator[np.ndarray]:
+    """Yield the frames of a video file (a path or an open binary file) one by one as uint8 RGB [H,W,3].
+
+    VideoReadError if none decode.
+    """
     import av
 
-    path = Path(path)
-    if not path.is_file():
-        raise VideoReadError(f"Video file '{path}' does not exist.")
+    source, name = _source(path)
     count = 0
     try:
-        with av.open(str(path)) as container:
-            stream = _video_stream(container, path)
+        with av.open(source) as container:
+            stream = _video_stream(container, name)
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 count += 1
                 yield frame.to_ndarray(format="rgb24")
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise VideoReadError(f"Cannot decode video '{path}' (after {count} frames): {exc}") from exc
+        raise VideoReadError(f"Cannot decode video '{name}' (after {count} frames): {exc}") from exc
     if count == 0:
-        raise VideoReadError(f"Video '{path}' holds no decodable frame.")
+        raise VideoReadError(f"Video '{name}' holds no decodable frame.")
+
+
+def read_audio(path: str | os.PathLike | BinaryIO, duration: float | None = None) -> tuple[np.ndarray, int] | None:
+    """The first audio stream of a media file as float32 [channels, samples] and its sample rate.
+
+    Only the audio packets are decoded (not the video's frames). ``duration`` (seconds) keeps the
+    start of it. None when the file has no audio stream.
+    """
+    import av
+
+    source, name = _source(path)
+    try:
+        with av.open(source) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            rate = int(stream.sample_rate or stream.codec_context.sample_rate)
+            layout = "mono" if stream.codec_context.channels == 1 else "stereo"
+            resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+            limit = None if duration is None else int(math.ceil(duration * rate))
+            parts: list[np.ndarray] = []
+            kept = 0
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    parts.append(out.to_ndarray())
+                    kept += parts[-1].shape[1]
+                if limit is not None and kept >= limit:
+                    break
+            else:
+                for out in resampler.resample(None):
+                    parts.append(out.to_ndarray())
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise VideoReadError(f"Cannot decode the audio of '{name}': {exc}") from exc
+    if not parts:
+        return None
+    wave = np.concatenate(parts, axis=1).astype(np.float32)
+    return (wave if limit is None else wave[:, :limit]), rate
+
+
+def _source(path: str | os.PathLike | BinaryIO) -> tuple[str | BinaryIO, str]:
+    """What av.open takes, and a name for messages; a path must exist."""
+    if hasattr(path, "read"):
+        if hasattr(path, "seek"):
+            path.seek(0)
+        return path, getattr(path, "name", "<in-memory video>")
+    if not Path(path).is_file():
+        raise VideoReadError(f"Video file '{path}' does not exist.")
+    return str(path), str(path)
 
 
 def prefetch(frames: Iterator[np.ndarray], depth: int = 16) -> Iterator[np.ndarray]:

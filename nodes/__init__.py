@@ -7,7 +7,7 @@ from .host import register_model_folders
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 
-CATEGORY = "FollowYourEmoji"
+
 
 
 def _register(module) -> None:

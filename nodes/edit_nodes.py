@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .host import get_runtime
+from .categories import COMPOSE, LANDMARKS
+from .host import get_runtime, make_video, video_audio
 from .landmark_nodes import (
     CONTOUR_TIP,
     DEFAULT_FACE_MODEL,
@@ -12,7 +13,7 @@ from .landmark_nodes import (
     _to_image,
 )
 
-CATEGORY = "FollowYourEmoji"
+
 
 PAD_MODES = ["edge", "reflect", "black"]      # emoji_model.crop.PAD_MODES
 BATCH_BOXES = ["union", "median"]             # emoji_model.crop.BATCH_BOXES
@@ -48,7 +49,7 @@ def _to_float(images):
 class CropFace:
     NODE_ID = "FYE_CropFace"
     DISPLAY_NAME = "Crop Face (Follow-Your-Emoji)"
-    CATEGORY = CATEGORY
+    CATEGORY = COMPOSE
     DESCRIPTION = ("Cuts a square around the face at the model's size, for portraits where the face is small or "
                    "off-centre (large photos, group shots). Finds small faces in large images by itself, or "
                    "uses the faces you connect. A video batch gets one box for all frames, so the crop does not "
@@ -95,16 +96,18 @@ class CropFace:
 
         from emoji_model.crop import crop_face
 
-        crops, info, track = crop_face(_to_float(image), faces, margin=margin, size=size, batch_box=batch_box,
-                                       pad_mode=pad_mode, face_index=face_index, fps=fps,
-                                       face_model=_face_model(face_model), runtime=get_runtime())
+        rt = get_runtime()
+        with rt.stages(1, 1, desc="crop face"):  # the face search, then the crop's landmarks
+            crops, info, track = crop_face(_to_float(image), faces, margin=margin, size=size, batch_box=batch_box,
+                                           pad_mode=pad_mode, face_index=face_index, fps=fps,
+                                           face_model=_face_model(face_model), runtime=rt)
         return (torch.from_numpy(crops), track, info)
 
 
 class PasteBack:
     NODE_ID = "FYE_PasteBack"
     DISPLAY_NAME = "Paste Back (Follow-Your-Emoji)"
-    CATEGORY = CATEGORY
+    CATEGORY = COMPOSE
     DESCRIPTION = ("Puts animated face crops back into the full image (or video) they were cut from, blended "
                    "through a feathered mask around the face (the face contour of the connected faces, grown "
                    "and softened; a soft-edged square without faces). Pixels outside the mask stay exactly "
@@ -148,7 +151,7 @@ class PasteBack:
 class ExpressionEditor:
     NODE_ID = "FYE_ExpressionEditor"
     DISPLAY_NAME = "Expression Editor (Follow-Your-Emoji)"
-    CATEGORY = CATEGORY
+    CATEGORY = LANDMARKS
     DESCRIPTION = ("Animates a face without a driving video: blinks, smiles, an open mouth, brows, gaze and head "
                    "turns, keyed over time. From a still's faces it makes 'frames' frames; a video's faces are "
                    "edited frame by frame. Keys: one per line (or separated by ';'), 'FRAME: control=value ...', "
@@ -193,10 +196,57 @@ class ExpressionEditor:
 
         rt = get_runtime()
         constants = {name: float(sliders.get(name, 0.0)) for name in SLIDERS}
-        edited = animate_face(faces, keyframes, frames=frames, fps=fps, interpolation=interpolation,
-                              constants=constants, runtime=rt)
-        controls = render_controls(edited, include_contour=include_contour, outer_lips=outer_lips, runtime=rt)
+        with rt.stages(1, 1, desc="expression editor"):
+            edited = animate_face(faces, keyframes, frames=frames, fps=fps, interpolation=interpolation,
+                                  constants=constants, runtime=rt)
+            controls = render_controls(edited, include_contour=include_contour, outer_lips=outer_lips, runtime=rt)
         return (edited, _to_image(controls))
 
 
-NODES = [CropFace, PasteBack, ExpressionEditor]
+class MakeVideo:
+    NODE_ID = "FYE_MakeVideo"
+    DISPLAY_NAME = "Video with Driving Audio (Follow-Your-Emoji)"
+    CATEGORY = COMPOSE
+    DESCRIPTION = ("Makes the animated frames a VIDEO at the driving video's exact frame rate (29.97 stays "
+                   "30000/1001) with the driving video's audio, cut to the animation's length, for Save Video. "
+                   "Only the driving video's audio is decoded, not its frames. Without a driving video, fps "
+                   "is used and the audio input, if any.")
+    RETURN_TYPES = ("VIDEO",)
+    RETURN_NAMES = ("video",)
+    OUTPUT_TOOLTIPS = ("the animation with the driving audio, for Save Video",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """Frames, the driving video whose rate and audio they get, fallbacks for both."""
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "the animated frames (Paste Back or VAE Decode)"}),
+                "keep_audio": ("BOOLEAN", {"default": True,
+                                           "tooltip": "carry the driving video's audio (or the audio input)"}),
+            },
+            "optional": {
+                "driving": ("VIDEO", {"tooltip": "the driving video: its exact frame rate and its audio"}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.01,
+                                  "tooltip": "frame rate when no driving video is connected"}),
+                "audio": ("AUDIO", {"tooltip": "audio to use instead of the driving video's"}),
+            },
+        }
+
+    def make(self, images, keep_audio, driving=None, fps=25.0, audio=None):
+        """Frames + exact frame rate + the driving audio, cut to the frames' duration."""
+        from fractions import Fraction
+
+        rate = Fraction(driving.get_frame_rate()) if driving is not None else Fraction(fps).limit_denominator(1001)
+        duration = float(len(images) / rate)
+        sound = None
+        if keep_audio:
+            if audio is not None:
+                keep = int(round(duration * int(audio["sample_rate"])))
+                sound = {"waveform": audio["waveform"][..., :keep], "sample_rate": audio["sample_rate"]}
+            elif driving is not None:
+                sound = video_audio(driving, duration)
+        return (make_video(images, rate, sound),)
+
+
+NODES = [CropFace, PasteBack, ExpressionEditor, MakeVideo]

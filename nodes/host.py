@@ -96,11 +96,26 @@ class ComfyRuntime(StandaloneRuntime):
             return module.model
         return super().load_model(module, device)
 
+    def load_vae(self, path, dtype=None):
+        """ComfyUI's own VAE object (VAE Decode takes it), from a file or a diffusers folder.
+
+        A diffusers VAE (a folder, or its weights beside config.json) is built from its config, so
+        VAEs of other sizes than SD's load too; any other file is read as ComfyUI's VAE Loader reads it.
+        """
+        import comfy.sd
+        import comfy.utils
+
+        weights, config = diffusers_vae_files(Path(path))
+        vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(weights)),
+                           config=None if config is None else ldm_vae_config(config, str(path)))
+        vae.throw_exception_if_invalid()
+        return vae
+
     def free_memory(self) -> None:
         """Ask ComfyUI to release cached memory."""
         self._mm.soft_empty_cache()
 
-    def progress(self, total: int, desc: str = "") -> ProgressBar:
+    def make_bar(self, total: int, desc: str = "") -> ProgressBar:
         """A progress bar shown on the running node in ComfyUI's UI."""
         return ComfyProgressBar(total, desc)
 
@@ -124,6 +139,64 @@ class ComfyRuntime(StandaloneRuntime):
         except KeyError:
             names = []
         return names + [n for n in super().list_models(kind) if n not in names]
+
+
+def diffusers_vae_files(path: Path) -> tuple[Path, dict | None]:
+    """(weights file, diffusers AutoencoderKL config or None) of a VAE folder or file."""
+    import json
+
+    from emoji_model.errors import CheckpointMismatchError
+
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin")
+                       and p.stem.startswith("diffusion_pytorch_model"))
+        if not found:
+            raise CheckpointMismatchError(str(path), note="no diffusion_pytorch_model.safetensors in the VAE folder")
+        weights, config_file = found[0], path / "config.json"
+    else:
+        weights, config_file = path, path.parent / "config.json"
+        if not path.stem.startswith("diffusion_pytorch_model"):
+            return path, None  # a single-file VAE: ComfyUI's own detection
+    if not config_file.is_file():
+        return weights, None
+    config = json.loads(config_file.read_text())
+    return weights, config if config.get("_class_name") == "AutoencoderKL" else None
+
+
+def ldm_vae_config(config: dict, source: str = "the VAE") -> dict:
+    """ComfyUI's VAE config (ldm AutoencoderKL ddconfig) for a diffusers AutoencoderKL config.
+
+    ComfyUI's ldm VAE has GroupNorm(32) everywhere, attention in the middle block, a quant conv on
+    each side and one resolution step per level; a diffusers VAE that differs cannot be expressed.
+    """
+    from emoji_model.errors import CheckpointMismatchError
+
+    channels = [int(c) for c in config["block_out_channels"]]
+    ch = channels[0]
+    latent = int(config.get("latent_channels", 4))
+    problems = []
+    if int(config.get("norm_num_groups", 32)) != 32:
+        problems.append(f"norm_num_groups is {config.get('norm_num_groups')} (ComfyUI's VAE uses 32)")
+    if any(c % 32 or c % ch for c in channels):
+        problems.append(f"block_out_channels {channels} are not all multiples of 32 and of {ch}")
+    if len(channels) != 4:
+        problems.append(f"{len(channels)} levels (ComfyUI's VAE of this kind downsamples by 8: 4 levels)")
+    if latent != 4:
+        problems.append(f"{latent} latent channels (4 expected)")
+    if not config.get("mid_block_add_attention", True):
+        problems.append("no attention in the middle block")
+    if config.get("act_fn", "silu") != "silu":
+        problems.append(f"activation {config.get('act_fn')} (silu expected)")
+    if not (config.get("use_quant_conv", True) and config.get("use_post_quant_conv", True)):
+        problems.append("no quant_conv / post_quant_conv")
+    if problems:
+        raise CheckpointMismatchError(source, note="this diffusers VAE cannot be built as ComfyUI's VAE: "
+                                      + "; ".join(problems))
+    ddconfig = {"double_z": True, "z_channels": latent, "resolution": int(config.get("sample_size", 256)),
+                "in_channels": int(config.get("in_channels", 3)), "out_ch": int(config.get("out_channels", 3)),
+                "ch": ch, "ch_mult": [c // ch for c in channels],
+                "num_res_blocks": int(config.get("layers_per_block", 2)), "attn_resolutions": [], "dropout": 0.0}
+    return {"params": {"ddconfig": ddconfig, "embed_dim": latent}}
 
 
 def register_model_folders() -> None:
@@ -155,3 +228,90 @@ def get_runtime() -> StandaloneRuntime:
             _comfy_runtime = ComfyRuntime()
         return _comfy_runtime
     return default_runtime()
+
+
+# -- values the host defines: blocked outputs, VIDEO, AUDIO, VAE ------------------------------------
+
+def blocked_output(message: str):
+    """An output that stops any node consuming it with ``message`` (ComfyUI's ExecutionBlocker); None standalone.
+
+    For outputs that only exist under a condition (decoded frames without a VAE): nothing is
+    computed or cached for them, and a node connected to them fails with the message.
+    """
+    if not comfy_available():
+        return None
+    from comfy_execution.graph_utils import ExecutionBlocker
+
+    return ExecutionBlocker(message)
+
+
+def _is_file_video(video) -> bool:
+    # A VIDEO made from tensors (VideoFromComponents) would be re-encoded to give a stream source.
+    return type(video).__name__ != "VideoFromComponents" and hasattr(video, "get_stream_source")
+
+
+def video_frames(video):
+    """(frames as uint8 RGB [H,W,3] one by one, exact frame rate as a Fraction, frame count) of a VIDEO.
+
+    A file-backed VIDEO (Load Video) is decoded frame by frame as it is consumed, so the whole video
+    never sits in memory as an IMAGE batch.
+    """
+    from fractions import Fraction
+
+    import torch
+
+    rate = Fraction(video.get_frame_rate())
+    if _is_file_video(video):
+        from emoji_model.video import iter_video, prefetch
+
+        return prefetch(iter_video(video.get_stream_source())), rate, int(video.get_frame_count())
+    images = video.get_components().images
+    frames = ((im[..., :3].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy() for im in images)
+    return frames, rate, len(images)
+
+
+def video_audio(video, duration: float | None = None):
+    """The AUDIO ({"waveform" [1,C,T], "sample_rate"}) of a VIDEO, cut to ``duration`` seconds; None without."""
+    import torch
+
+    if not _is_file_video(video):
+        audio = video.get_components().audio
+        if audio is None or duration is None:
+            return audio
+        keep = int(round(duration * int(audio["sample_rate"])))
+        return {"waveform": audio["waveform"][..., :keep], "sample_rate": audio["sample_rate"]}
+    from emoji_model.video import read_audio
+
+    found = read_audio(video.get_stream_source(), duration)
+    if found is None:
+        return None
+    wave, rate = found
+    return {"waveform": torch.from_numpy(wave)[None], "sample_rate": rate}
+
+
+class StandaloneVideo:
+    """The VIDEO value outside ComfyUI (tests, scripts): frames, exact frame rate and audio."""
+
+    def __init__(self, images, frame_rate, audio=None):
+        self.images, self.frame_rate, self.audio = images, frame_rate, audio
+
+    def get_components(self):
+        """The parts, like ComfyUI's VideoComponents."""
+        return self
+
+    def get_frame_rate(self):
+        """The exact frame rate."""
+        return self.frame_rate
+
+    def get_frame_count(self) -> int:
+        """Number of frames."""
+        return len(self.images)
+
+
+def make_video(images, frame_rate, audio=None):
+    """A VIDEO of IMAGE frames at an exact frame rate (a Fraction) with optional AUDIO."""
+    if not comfy_available():
+        return StandaloneVideo(images, frame_rate, audio)
+    from comfy_api.latest import InputImpl, Types
+
+    return InputImpl.VideoFromComponents(Types.VideoComponents(images=images, audio=audio, frame_rate=frame_rate))

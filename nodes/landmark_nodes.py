@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .host import get_runtime
+from .categories import LANDMARKS
+from .host import get_runtime, video_frames
 
-CATEGORY = "FollowYourEmoji"
+
 DEFAULT_FACE_MODEL = "face_landmarker.task (default)"
 # The samplers always draw what the model was trained on (no contour, inner lips only).
 CONTOUR_TIP = "draw the face contour in this node's control images (a preview for comparison; not used by the samplers)"
@@ -37,10 +38,11 @@ def _to_image(frames):
 class LandmarkExtractor:
     NODE_ID = "FYE_LandmarkExtractor"
     DISPLAY_NAME = "Face Landmarks (Follow-Your-Emoji)"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("MediaPipe face landmarks of a portrait (one image) or a driving video (an image batch): "
-                   "the face track, its expression-aware control images (eyes, brows, lips, pupils; no face "
-                   "contour) and the face mask. A frame without a face is filled from its neighbours.")
+    CATEGORY = LANDMARKS
+    DESCRIPTION = ("MediaPipe face landmarks of a portrait (one image), of a driving video (a VIDEO, decoded "
+                   "frame by frame at its exact frame rate) or of an image batch: the face track, its "
+                   "expression-aware control images (eyes, brows, lips, pupils; no face contour) and the face "
+                   "mask. A frame without a face is filled from its neighbours.")
     RETURN_TYPES = ("FYE_FACES", "IMAGE", "MASK")
     RETURN_NAMES = ("faces", "controls", "face_mask")
     OUTPUT_TOOLTIPS = ("the face track (points, canonical vertices, pose, blendshapes per frame)",
@@ -50,46 +52,60 @@ class LandmarkExtractor:
 
     @classmethod
     def INPUT_TYPES(cls):
-        """The image batch, face choice, drawing toggles; mode, fps and face model optional."""
+        """Face choice and drawing toggles; the image batch or the VIDEO, mode, fps and face model optional."""
         return {
             "required": {
-                "image": ("IMAGE", {"tooltip": "a portrait, or the frames of a driving video"}),
                 "face_index": ("INT", {"default": 0, "min": 0, "max": 16,
                                        "tooltip": "which face when there are several, by size: 0 = largest"}),
                 "include_contour": ("BOOLEAN", {"default": False, "tooltip": CONTOUR_TIP}),
                 "outer_lips": ("BOOLEAN", {"default": False, "tooltip": OUTER_LIPS_TIP}),
             },
             "optional": {
+                "image": ("IMAGE", {"tooltip": "a portrait, or the frames of a driving video as an image batch"}),
+                "video": ("VIDEO", {"tooltip": "a driving video (Load Video): its frames are read one by one, "
+                                              "at its exact frame rate; use instead of image"}),
                 "mode": (["auto", "video", "image"], {
                     "default": "auto",
                     "tooltip": "auto: one image is a still, a batch is a video (tracked); image: every "
                                "image of the batch on its own"}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.5,
-                                  "tooltip": "frame rate of the batch as a video (tracking timestamps)"}),
+                                  "tooltip": "frame rate of an image batch as a video (tracking timestamps); "
+                                             "a VIDEO brings its own"}),
                 "face_model": (_face_model_choices(), {"default": DEFAULT_FACE_MODEL,
                                                        "tooltip": "MediaPipe face landmarker bundle "
                                                                   "(models/mediapipe)"}),
             },
         }
 
-    def extract(self, image, face_index, include_contour, outer_lips, mode="auto", fps=25.0,
-                face_model=DEFAULT_FACE_MODEL):
-        """Extract the faces of the batch, render their controls and masks."""
-        from emoji_model.landmarks import extract_controls
-
-        track, controls, mask = extract_controls(
-            _to_uint8(image), mode=mode, fps=fps, face_index=face_index, face_model=_face_model(face_model),
-            include_contour=include_contour, outer_lips=outer_lips, what="the input image",
-            runtime=get_runtime())
+    def extract(self, image=None, face_index=0, include_contour=False, outer_lips=False, mode="auto", fps=25.0,
+                face_model=DEFAULT_FACE_MODEL, video=None):
+        """Extract the faces of the batch or the video, render their controls and masks (one progress bar)."""
         import torch
 
-        return (track, _to_image(controls), torch.from_numpy(mask).to(torch.float32))
+        from emoji_model.errors import InvalidRequestError
+        from emoji_model.landmarks import extract_auto, extract_video, face_masks, render_controls
+
+        if (image is None) == (video is None):
+            raise InvalidRequestError("connect either an image (a portrait or an image batch) or a video, "
+                                      f"not {'both' if image is not None else 'neither'}")
+        rt = get_runtime()
+        with rt.stages(8, 1, 1, desc="face landmarks"):
+            if video is not None:
+                frames, rate, count = video_frames(video)
+                track = extract_video(frames, float(rate), face_index=face_index, face_model=_face_model(face_model),
+                                      total=count, what="the driving video", runtime=rt)
+            else:
+                track = extract_auto(_to_uint8(image), mode=mode, fps=fps, face_index=face_index,
+                                     face_model=_face_model(face_model), what="the input image", runtime=rt)
+            controls = render_controls(track, include_contour=include_contour, outer_lips=outer_lips, runtime=rt)
+            expression, facial = face_masks(track, runtime=rt)
+        return (track, _to_image(controls), torch.from_numpy(expression | facial).to(torch.float32))
 
 
 class MotionAligner:
     NODE_ID = "FYE_MotionAligner"
     DISPLAY_NAME = "Motion Alignment (Follow-Your-Emoji)"
-    CATEGORY = CATEGORY
+    CATEGORY = LANDMARKS
     DESCRIPTION = ("Transfers the driving faces' expressions and head motion onto the reference face in "
                    "MediaPipe's canonical space, and renders the aligned control images at the reference "
                    "size — the motion the animation model follows.")

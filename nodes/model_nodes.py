@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .categories import SAMPLING
 from .host import get_runtime
 
 log = logging.getLogger("emoji_model.nodes")
 
-CATEGORY = "FollowYourEmoji"
+
 NONE = "none"
 RELEASED_STEMS = ("referencenet", "unet", "lmk_guider")
 # Shown when models/follow_your_emoji is empty: the name the README's `convert` example writes.
@@ -63,7 +64,7 @@ def _checkpoint_paths(runtime, name: str) -> list[Path]:
 class LoadModel:
     NODE_ID = "FYE_LoadModel"
     DISPLAY_NAME = "Load Follow-Your-Emoji Model"
-    CATEGORY = CATEGORY
+    CATEGORY = SAMPLING
     DESCRIPTION = ("Loads the Follow-Your-Emoji networks (appearance net, denoising UNet with temporal layers, "
                    "landmark guider, image prompt) from models/follow_your_emoji: a file converted with "
                    "`python -m emoji_model convert`, or the released referencenet/unet/lmk_guider files (pick "
@@ -71,6 +72,7 @@ class LoadModel:
                    "(as a difference to its base model when one is given) and swaps in AnimateDiff motion modules.")
     RETURN_TYPES = ("FYE_MODEL",)
     RETURN_NAMES = ("fye_model",)
+    OUTPUT_TOOLTIPS = ("the networks, for Encode Reference Portrait and the samplers",)
     FUNCTION = "load"
 
     @classmethod
@@ -78,7 +80,9 @@ class LoadModel:
         return {
             "required": {
                 "checkpoint": (_choices("follow_your_emoji", default=DEFAULT_CHECKPOINT), {
-                    "tooltip": "models/follow_your_emoji: a converted .safetensors, or one of the released files"}),
+                    "tooltip": "models/follow_your_emoji: a converted .safetensors, or one of the released files; "
+                               "bundled/demo_tiny.safetensors is the small model shipped with the pack (64 px, a "
+                               "pipeline check, not a quality model)"}),
                 "dtype": (["auto", "fp16", "bf16", "fp32"], {
                     "default": "auto", "tooltip": "weight precision; auto follows the device"}),
             },
@@ -121,34 +125,56 @@ class LoadModel:
 class ReferenceEncoder:
     NODE_ID = "FYE_ReferenceEncoder"
     DISPLAY_NAME = "Encode Reference Portrait (Follow-Your-Emoji)"
-    CATEGORY = CATEGORY
+    CATEGORY = SAMPLING
     DESCRIPTION = ("Encodes the reference portrait once per video: its VAE latent, its CLIP image tokens "
                    "through the image prompt (and the zeroed unconditional ones), and the appearance net's "
                    "features that every frame's self-attention will attend to. The image is resized to cover "
-                   "width × height and centre-cropped; use the same framing as the landmarks.")
+                   "width × height and centre-cropped; use the same framing as the landmarks. A square "
+                   "portrait (Crop Face's output) needs a square size: Paste Back puts square frames back. "
+                   "The encoding records the portrait, and the samplers refuse a face track aligned to another.")
     RETURN_TYPES = ("FYE_REFERENCE",)
     RETURN_NAMES = ("reference",)
+    OUTPUT_TOOLTIPS = ("the encoded portrait (and what it was made from), for the samplers",)
     FUNCTION = "encode"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "fye_model": ("FYE_MODEL",),
+                "fye_model": ("FYE_MODEL", {"tooltip": "the networks (Load Follow-Your-Emoji Model)"}),
                 "image": ("IMAGE", {"tooltip": "the reference portrait (the first image of a batch is used)"}),
-                "vae": ("VAE", {"tooltip": "an SD-1.5 VAE (sd-vae-ft-mse)"}),
-                "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8}),
-                "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8}),
+                "vae": ("VAE", {"tooltip": "an SD-1.5 VAE (sd-vae-ft-mse), from VAE Loader or Load VAE "
+                                           "(Follow-Your-Emoji)"}),
+                "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                                  "tooltip": "width the portrait is encoded and animated at (a multiple of 8)"}),
+                "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                                   "tooltip": "height the portrait is encoded and animated at (a multiple of 8)"}),
             },
             "optional": {
                 "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-L/14 image encoder (sd-image-variations)"}),
                 "image_encoder": (_choices("clip_vision", with_none=True), {
                     "default": NONE,
-                    "tooltip": "or the pack's own loader for an image-encoder file in models/clip_vision"}),
+                    "tooltip": "or the pack's own loader for an image-encoder file or folder in models/clip_vision "
+                               "(bundled/demo_clip: the small model's)"}),
+                "offload_appearance": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "move the appearance net to the offload device once the reference is encoded "
+                               "(the samplers do not use it): frees its memory on the GPU for sampling"}),
             },
         }
 
-    def encode(self, fye_model, image, vae, width, height, clip_vision=None, image_encoder=NONE):
+    @classmethod
+    def VALIDATE_INPUTS(cls, width, height):
+        """Sizes the networks can take, refused when the prompt is queued (before anything runs)."""
+        for name, value in (("width", width), ("height", height)):
+            if not isinstance(value, int):
+                continue  # a linked value: checked when the node runs
+            if value % 8 or not 64 <= value <= 2048:
+                return f"{name} must be a multiple of 8 within 64..2048, got {value}"
+        return True
+
+    def encode(self, fye_model, image, vae, width, height, clip_vision=None, image_encoder=NONE,
+               offload_appearance=False):
         from emoji_model.errors import InvalidRequestError
         from emoji_model.reference import (
             clip_encoder_from_transformers,
@@ -158,6 +184,7 @@ class ReferenceEncoder:
         )
 
         runtime = get_runtime()
+        check_reference_size(image, width, height)
         if clip_vision is not None:
             clip_encode = host_clip_encoder(clip_vision)
         elif image_encoder and image_encoder != NONE:
@@ -176,7 +203,60 @@ class ReferenceEncoder:
         model = fye_model.module(runtime)
         ref = encode_reference(model, image[:1], lambda _: latent, lambda _: tokens, size=(height, width),
                                device=device, dtype=fye_model.dtype)
+        if offload_appearance:
+            model.appearance.to(runtime.offload_device())  # back on the device with the next full load
         return (ref.to(runtime.offload_device()),)
+
+
+def check_reference_size(image, width: int, height: int) -> None:
+    """Refuse, before any network runs, a size that the rest of the graph cannot use.
+
+    A square portrait (what Crop Face makes) encoded at a non-square size would be centre-cropped,
+    and Paste Back, which puts square frames back into the picture, could not use the result.
+    """
+    from emoji_model.errors import InvalidRequestError
+
+    for name, value in (("width", width), ("height", height)):
+        if value % 8 or not 64 <= value <= 2048:
+            raise InvalidRequestError(f"{name} must be a multiple of 8 within 64..2048, got {value}")
+    h, w = int(image.shape[1]), int(image.shape[2])
+    if abs(h - w) <= 1 and width != height:
+        raise InvalidRequestError(
+            f"the portrait is square ({w}x{h}, as Crop Face makes it) but it would be encoded at {width}x{height}: "
+            f"its sides would be cut off and Paste Back, which puts square frames back, could not use the "
+            f"animation. Set width and height to the same value (e.g. {max(width, height)}).")
+
+
+class LoadVAE:
+    NODE_ID = "FYE_LoadVAE"
+    DISPLAY_NAME = "Load VAE (Follow-Your-Emoji)"
+    CATEGORY = SAMPLING
+    DESCRIPTION = ("Loads a VAE as ComfyUI's own VAE, for VAE Decode and Encode Reference Portrait: a file of "
+                   "models/vae (read as ComfyUI's VAE Loader reads it), a diffusers VAE folder or its "
+                   "diffusion_pytorch_model file beside its config.json (sd-vae-ft-mse as downloaded), or "
+                   "bundled/demo_vae, the small VAE shipped with the pack. VAEs of other sizes than SD's load "
+                   "when they fit ComfyUI's VAE (32-group norms, 4 levels, 4 latent channels).")
+    RETURN_TYPES = ("VAE",)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("the VAE, for VAE Decode, VAE Encode and Encode Reference Portrait",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """The VAE file or folder."""
+        return {"required": {"vae_name": (_choices("vae", default="sd-vae-ft-mse"), {
+            "tooltip": "models/vae: an SD-1.5 VAE file, a diffusers VAE folder's weights, or bundled/demo_vae"})}}
+
+    def load(self, vae_name):
+        """Read the VAE through the runtime (ComfyUI's VAE inside the host)."""
+        runtime = get_runtime()
+        path = runtime.find_model("vae", vae_name)
+        if path.is_dir() and not (path / "config.json").is_file():
+            from emoji_model.errors import CheckpointMismatchError
+
+            raise CheckpointMismatchError(str(path), note="a VAE folder needs the config.json of a diffusers "
+                                                          "AutoencoderKL beside its weights")
+        return (runtime.load_vae(path),)
 
 
 def host_vae_encoder(vae):
@@ -199,4 +279,4 @@ def host_clip_encoder(clip_vision):
     return encode
 
 
-NODES = [LoadModel, ReferenceEncoder]
+NODES = [LoadModel, LoadVAE, ReferenceEncoder]

@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import logging
 
-from .host import get_runtime
+from emoji_model.sampling import SCHEDULER_LABELS
+
+from .categories import SAMPLING
+from .host import blocked_output, get_runtime
 
 log = logging.getLogger("emoji_model.nodes")
 
-CATEGORY = "FollowYourEmoji"
-SCHEDULER_NAMES = ["ddim", "dpmpp_2m", "euler", "euler_ancestral", "unipc", "ddpm"]  # emoji_model.sampling
+SCHEDULER_NAMES = list(SCHEDULER_LABELS.values())
+# Labels and the library's names (what graphs saved before the labels hold) -> the library's names.
+SCHEDULER_KEYS = {**{label: key for key, label in SCHEDULER_LABELS.items()}, **{k: k for k in SCHEDULER_LABELS}}
 DECODE_CHUNK = 8
+NO_VAE = ("the sampler's images output needs a VAE on its vae input; or decode its latent output with "
+          "VAE Decode")
 
 
 def _sampler_inputs() -> dict:
     return {
-        "fye_model": ("FYE_MODEL",),
-        "reference": ("FYE_REFERENCE",),
+        "fye_model": ("FYE_MODEL", {"tooltip": "the networks (Load Follow-Your-Emoji Model)"}),
+        "reference": ("FYE_REFERENCE", {"tooltip": "the encoded portrait (Encode Reference Portrait)"}),
         "faces": ("FYE_FACES", {"tooltip": "the aligned landmark track (Motion Aligner or Expression Editor)"}),
-        "steps": ("INT", {"default": 30, "min": 1, "max": 200}),
+        "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "denoising steps (30 as released)"}),
         "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
                           "tooltip": "classifier-free guidance on the reference image prompt (1 = off)"}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
-        "scheduler": (SCHEDULER_NAMES, {"default": "ddim"}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                         "tooltip": "noise seed; frame i gets the same noise whatever the track length"}),
+        "scheduler": (SCHEDULER_NAMES, {"default": SCHEDULER_LABELS["ddim"],
+                                        "tooltip": "diffusers' scheduler on the checkpoint's noise schedule "
+                                                   "(DDIM v-prediction as released); not ComfyUI's samplers"}),
         "window": ("INT", {"default": 16, "min": 1, "max": 32,
                            "tooltip": "frames per temporal window (at most the model's position encoding, 32 "
                                       "for the released weights); longer tracks use overlapping windows"}),
@@ -32,44 +41,65 @@ def _sampler_inputs() -> dict:
     }
 
 
-def _outputs(samples, vae, frames: int, size_hw, runtime):
-    """(LATENT, IMAGE): raw latents for the host's VAE Decode and, with a VAE, the decoded frames."""
+def _optional_inputs() -> dict:
+    return {"vae": ("VAE", {"tooltip": "decode the frames here too, on the images output (else use VAE Decode "
+                                       "on the latent output)"})}
+
+
+def _validate(scheduler) -> bool | str:
+    if scheduler in SCHEDULER_KEYS:
+        return True
+    return f"scheduler must be one of {SCHEDULER_NAMES}, got {scheduler!r}"
+
+
+def _outputs(samples, vae, runtime):
+    """(LATENT, IMAGE): raw latents for the host's VAE Decode and, with a VAE, the decoded frames.
+
+    Without a VAE the IMAGE output is blocked: nothing is made or cached for it, and a node connected
+    to it stops with a message saying what to connect.
+    """
     import torch
 
     from emoji_model.pipeline import LATENT_SCALE, decode_frames
 
     latent = {"samples": (samples / LATENT_SCALE).float().cpu()}
     if vae is None:
-        log.info("no VAE connected: the IMAGE output is black; decode the LATENT with VAE Decode")
-        return latent, torch.zeros(frames, *size_hw, 3)
+        return latent, blocked_output(NO_VAE)
     chunks = decode_frames(lambda raw: vae.decode(raw), samples, chunk=DECODE_CHUNK, runtime=runtime)
     images = torch.cat([torch.from_numpy(c).float() / 255.0 for c in chunks])
     return latent, images
 
 
 class _Sampler:
-    CATEGORY = CATEGORY
+    CATEGORY = SAMPLING
     RETURN_TYPES = ("LATENT", "IMAGE")
     RETURN_NAMES = ("latent", "images")
     OUTPUT_TOOLTIPS = ("one latent per aligned frame, for the host's VAE Decode",
-                       "the decoded frames when a VAE is connected (black otherwise)")
+                       "the decoded frames; only when a VAE is connected to this node")
     FUNCTION = "sample"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, scheduler):
+        """The scheduler's label, or the library's name that graphs saved by earlier versions hold."""
+        return _validate(scheduler)
 
     def _run(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae,
              generate):
-        from emoji_model.pipeline import LazyControls, with_oom_retry
+        from emoji_model.pipeline import LazyControls, check_track_matches_reference, with_oom_retry
         from emoji_model.sampling import SamplerSettings
 
         runtime = get_runtime()
+        check_track_matches_reference(faces, reference)  # before anything is loaded or sampled
+        settings = SamplerSettings(steps=steps, cfg=cfg, scheduler=SCHEDULER_KEYS.get(scheduler, scheduler),
+                                   seed=seed, window=window, overlap=overlap, fusion=fusion)
+        settings.validate(fye_model.config.motion_max_len)
         model = fye_model.module(runtime)
         device = runtime.torch_device()
         ref = reference.to(device, fye_model.dtype)
         controls = LazyControls(faces, ref.size)  # rendered window by window, never all at once
-        settings = SamplerSettings(steps=steps, cfg=cfg, scheduler=scheduler, seed=seed, window=window,
-                                   overlap=overlap, fusion=fusion)
         samples = with_oom_retry(lambda s: generate(model, ref, controls, s, device=device,
                                                     dtype=fye_model.dtype, runtime=runtime), settings, runtime)
-        return _outputs(samples, vae, len(controls), ref.size, runtime)
+        return _outputs(samples, vae, runtime)
 
 
 class TemporalSampler(_Sampler):
@@ -82,8 +112,7 @@ class TemporalSampler(_Sampler):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": _sampler_inputs(),
-                "optional": {"vae": ("VAE", {"tooltip": "decode the frames here too (else use VAE Decode)"})}}
+        return {"required": _sampler_inputs(), "optional": _optional_inputs()}
 
     def sample(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae=None):
         """Sample every frame of the track together."""
@@ -109,8 +138,7 @@ class ProgressiveLongVideo(_Sampler):
         inputs["known_frames"] = (["auto", "covered", "replace"], {
             "default": "auto", "tooltip": "how stage 2 is given its keyframes: auto picks covered-latent "
                                           "input when the checkpoint has those channels"})
-        return {"required": inputs,
-                "optional": {"vae": ("VAE", {"tooltip": "decode the frames here too (else use VAE Decode)"})}}
+        return {"required": inputs, "optional": _optional_inputs()}
 
     def sample(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion,
                keyframe_stride, known_frames, vae=None):

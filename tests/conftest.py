@@ -66,3 +66,14 @@ def comfy_host(monkeypatch):
     for m in _host_modules():
         del sys.modules[m]
     importlib.reload(host)  # back to standalone mode for the tests that follow
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The figures measured in the real host (tests/test_comfyui_host.py): time, memory, latency."""
+    import sys
+
+    server = sys.modules.get("comfy_server")
+    if server is not None and server.FIGURES:
+        terminalreporter.section("measured in the real ComfyUI")
+        for line in server.FIGURES:
+            terminalreporter.write_line(line)

@@ -187,7 +187,11 @@ def test_extractor_node_reports_progress_and_stops_on_interrupt(comfy_host):
     batch = _image_tensor(frames[:6])
     comfy.utils.updates.clear()
     LandmarkExtractor().extract(batch, 0, False, False)
-    assert (6, 6) in comfy.utils.updates  # extraction and rendering both drive the host's bar
+    # One bar for the run: extraction, rendering and masks fill it once, in order, and it ends full.
+    values = [v for v, _ in comfy.utils.updates]
+    totals = {t for _, t in comfy.utils.updates}
+    assert len(totals) == 1 and values == sorted(values) and values[-1] == totals.pop()
+    assert len([v for v in values if v <= 800]) == 6  # the six frames' detections take the first 80 %
     mm.interrupted = True
     with pytest.raises(mm.InterruptProcessingException):
         LandmarkExtractor().extract(batch, 0, False, False)

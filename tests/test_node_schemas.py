@@ -1,16 +1,32 @@
-"""Every registered node declares a schema that ComfyUI accepts."""
+"""Every registered node declares a schema that ComfyUI accepts, with the ecosystem's conventions.
+
+Conventions: a sub-category (landmarks / sampling / compose), a tooltip on every input and output,
+a help page in web/docs/<node id>.md (the frontend's node documentation), and scheduler names that
+do not pass for ComfyUI's samplers.
+"""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 import nodes
+from conftest import REPO
 
 HOST_TYPES = {"IMAGE", "MASK", "LATENT", "VAE", "CLIP_VISION", "MODEL", "INT", "FLOAT", "STRING",
-              "BOOLEAN", "FYE_FACES", "FYE_MODEL", "FYE_REFERENCE", "FYE_CROP", "FYE_KEYS"}
-EXPECTED_IDS = {"FYE_LandmarkExtractor", "FYE_MotionAligner", "FYE_LoadModel", "FYE_ReferenceEncoder",
-                "FYE_TemporalSampler", "FYE_ProgressiveLongVideo", "FYE_CropFace", "FYE_PasteBack",
-                "FYE_ExpressionEditor"}
+              "BOOLEAN", "VIDEO", "AUDIO", "FYE_FACES", "FYE_MODEL", "FYE_REFERENCE", "FYE_CROP", "FYE_KEYS"}
+EXPECTED_IDS = {"FYE_LandmarkExtractor", "FYE_MotionAligner", "FYE_LoadModel", "FYE_LoadVAE",
+                "FYE_ReferenceEncoder", "FYE_TemporalSampler", "FYE_ProgressiveLongVideo", "FYE_CropFace",
+                "FYE_PasteBack", "FYE_ExpressionEditor", "FYE_MakeVideo"}
+SUB_CATEGORIES = {"FollowYourEmoji/landmarks", "FollowYourEmoji/sampling", "FollowYourEmoji/compose"}
+# ComfyUI's sampler and scheduler names (comfy.samplers.KSampler.SAMPLERS / SCHEDULERS, 0.8.0).
+COMFY_SAMPLER_NAMES = {"euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
+                       "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",
+                       "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm", "ipndm", "deis",
+                       "res_multistep", "gradient_estimation", "er_sde", "seeds_2", "seeds_3", "sa_solver",
+                       "ddim", "uni_pc", "uni_pc_bh2", "normal", "karras", "exponential", "sgm_uniform",
+                       "simple", "ddim_uniform", "beta", "linear_quadratic", "kl_optimal"}
 
 ALL = sorted(nodes.NODE_CLASS_MAPPINGS.items())
 
@@ -49,7 +65,7 @@ def _check_input(node_id: str, name: str, spec) -> None:
 @pytest.mark.parametrize("node_id,cls", ALL, ids=[n for n, _ in ALL])
 def test_node_schema_is_valid(node_id, cls):
     assert cls.NODE_ID == node_id
-    assert cls.CATEGORY.startswith("FollowYourEmoji")
+    assert cls.CATEGORY in SUB_CATEGORIES, cls.CATEGORY
     assert isinstance(cls.DESCRIPTION, str) and cls.DESCRIPTION
     inputs = cls.INPUT_TYPES()
     assert set(inputs) <= {"required", "optional", "hidden"}
@@ -65,3 +81,52 @@ def test_node_schema_is_valid(node_id, cls):
     tips = getattr(cls, "OUTPUT_TOOLTIPS", None)
     if tips is not None:
         assert len(tips) == len(cls.RETURN_TYPES)
+
+
+@pytest.mark.parametrize("node_id,cls", ALL, ids=[n for n, _ in ALL])
+def test_every_input_and_output_has_a_tooltip(node_id, cls):
+    inputs = cls.INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name, spec in inputs.get(section, {}).items():
+            opts = spec[1] if len(spec) == 2 else {}
+            assert isinstance(opts.get("tooltip"), str) and len(opts["tooltip"]) > 10, f"{node_id}.{name}: no tooltip"
+    tips = getattr(cls, "OUTPUT_TOOLTIPS", None)
+    assert tips is not None and all(isinstance(t, str) and t for t in tips), f"{node_id}: outputs lack tooltips"
+
+
+@pytest.mark.parametrize("node_id,cls", ALL, ids=[n for n, _ in ALL])
+def test_every_node_has_a_help_page(node_id, cls):
+    source = (REPO / "__init__.py").read_text()
+    web = re.search(r'^WEB_DIRECTORY = "(.+)"$', source, re.M).group(1)
+    page = REPO / web / "docs" / f"{node_id}.md"
+    assert page.is_file(), f"no help page {page}"
+    text = page.read_text()
+    assert text.startswith("# " + cls.DISPLAY_NAME.split(" (")[0]), f"{page.name}: title is not the node's name"
+    inputs = cls.INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name in inputs.get(section, {}):
+            assert f"`{name}`" in text, f"{page.name} does not describe input {name}"
+    for name in getattr(cls, "RETURN_NAMES", ()):
+        assert f"`{name}`" in text, f"{page.name} does not describe output {name}"
+
+
+def test_help_pages_belong_to_nodes():
+    pages = {p.stem for p in (REPO / "web" / "docs").glob("*.md")}
+    assert pages == set(nodes.NODE_CLASS_MAPPINGS), pages ^ set(nodes.NODE_CLASS_MAPPINGS)
+
+
+def test_scheduler_names_do_not_pass_for_comfyuis():
+    from emoji_model.sampling import SCHEDULER_LABELS, SCHEDULERS
+    from nodes.sampler_nodes import SCHEDULER_KEYS, SCHEDULER_NAMES, TemporalSampler
+
+    assert set(SCHEDULER_LABELS) == set(SCHEDULERS)
+    shown = TemporalSampler.INPUT_TYPES()["required"]["scheduler"][0]
+    assert shown == SCHEDULER_NAMES
+    for label in shown:
+        assert label not in COMFY_SAMPLER_NAMES and label.lower().replace(" ", "_") not in COMFY_SAMPLER_NAMES
+        assert "(diffusers)" in label
+    # graphs saved before the labels hold the library's names: still accepted, and mapped
+    assert TemporalSampler.VALIDATE_INPUTS("ddim") is True and SCHEDULER_KEYS["ddim"] == "ddim"
+    assert TemporalSampler.VALIDATE_INPUTS("DDIM (diffusers)") is True
+    assert SCHEDULER_KEYS["DDIM (diffusers)"] == "ddim"
+    assert isinstance(TemporalSampler.VALIDATE_INPUTS("uni_pc"), str)

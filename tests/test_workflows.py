@@ -1,14 +1,19 @@
-"""Every workflow in workflows/ is a valid graph: known nodes, typed links, valid widgets, matching twins.
+"""Every shipped workflow is a valid graph: known nodes, typed links, valid widgets, matching twins.
 
-UI-format files (``NAME.json``, as the ComfyUI frontend saves them) and their API-format twins
-(``NAME.api.json``, as posted to /prompt) are checked against our node classes and against
-tests/comfy_core_nodes.json, a copy of ComfyUI's /object_info for the core nodes the workflows
-use (CI has no ComfyUI). A workflow added later is covered without touching this file; a core
-node it needs is added to that JSON from a running server's /object_info.
+UI-format graphs (``example_workflows/NAME.json``, as the ComfyUI frontend saves them; ComfyUI serves
+that folder as the pack's templates, with ``NAME.jpg`` as the thumbnail) and their API-format twins
+(``tests/workflows/NAME.api.json``, posted exactly as they are to a real ComfyUI by
+tests/test_comfyui_host.py) are checked against our node classes and against
+tests/comfy_core_nodes.json, a copy of ComfyUI's /object_info for the core nodes the workflows use.
+A workflow added later is covered without touching this file; a core node it needs is added to that
+JSON from a running server's /object_info. ``python tests/test_workflows.py`` rewrites the twins from
+the UI graphs.
 
-Combos that list model files (a loader's file name) depend on what a machine has installed, so any
-file name is accepted there; an API file names the weights it needs in a top-level "_requires" list
-(paths under ComfyUI's base directory), which tests/test_comfyui_host.py checks before posting it.
+An API graph holds nothing but nodes. Combos that list model files accept any file name here (what a
+machine has installed varies); the shipped graphs name only the bundled model's files, so they run
+anywhere, and say in a Note node which real weights to pick. The UI graphs saved by earlier versions
+(tests/data/legacy_workflows) must still load: same node ids, widgets in the same places, values the
+nodes accept.
 """
 
 from __future__ import annotations
@@ -21,19 +26,23 @@ from unittest import mock
 
 import pytest
 
-import nodes
-from conftest import REPO
+from conftest import REPO  # first: it puts the checkout on sys.path for `nodes` (also when run as a script)
 
-WORKFLOWS = REPO / "workflows"
+import nodes  # noqa: E402
+
+WORKFLOWS = REPO / "example_workflows"
+API_DIR = Path(__file__).parent / "workflows"
+LEGACY = Path(__file__).parent / "data" / "legacy_workflows"
 CORE = json.loads((Path(__file__).parent / "comfy_core_nodes.json").read_text())
+FRONTEND_ONLY = {"Note", "MarkdownNote"}  # drawn by the frontend, never sent to the server
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload")
 # Core inputs whose combo lists files from a model folder (VAELoader, CLIPVisionLoader, checkpoint loaders).
 CORE_MODEL_FILE_INPUTS = {"ckpt_name", "vae_name", "clip_name"}
-API_KEYS = {"_requires"}  # top-level keys of an API file that are not nodes
 
-UI_FILES = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json"))
-API_FILES = sorted(WORKFLOWS.glob("*.api.json"))
+UI_FILES = sorted(WORKFLOWS.glob("*.json"))
+API_FILES = sorted(API_DIR.glob("*.api.json"))
+LEGACY_FILES = sorted(LEGACY.glob("*.json"))
 
 
 @dataclass
@@ -158,8 +167,8 @@ def ui_to_api(ui: dict) -> dict:
     links = {link[0]: link for link in ui["links"]}
     prompt = {}
     for node in ui["nodes"]:
-        if node.get("mode", 0) != 0:
-            continue  # muted or bypassed nodes are not sent
+        if node.get("mode", 0) != 0 or node["type"] in FRONTEND_ONLY:
+            continue  # muted or bypassed nodes and notes are not sent
         s = schema(node["type"])
         inputs = {}
         values = node.get("widgets_values", [])
@@ -174,15 +183,36 @@ def ui_to_api(ui: dict) -> dict:
     return prompt
 
 
+def custom_validation(node_type: str, inputs: dict) -> tuple[set[str], object]:
+    """(inputs our node validates itself, its verdict) — as ComfyUI does with VALIDATE_INPUTS.
+
+    ComfyUI skips its own range and list checks for the inputs a node's VALIDATE_INPUTS takes, and
+    calls it with their values; True passes, a string is the error.
+    """
+    import inspect
+
+    cls = nodes.NODE_CLASS_MAPPINGS.get(node_type)
+    fn = getattr(cls, "VALIDATE_INPUTS", None)
+    if fn is None:
+        return set(), True
+    names = [p for p in inspect.signature(fn).parameters if p not in ("cls", "self")]
+    values = {n: inputs[n] for n in names if n in inputs and not isinstance(inputs[n], list)}
+    return set(names), fn(**values) if len(values) == len(names) else True
+
+
 def check_api(prompt: dict, name: str) -> None:
-    """Every node known, required inputs given, links typed, widget values valid."""
-    graph = {k: v for k, v in prompt.items() if not k.startswith("_")}
+    """Nothing but nodes; every node known, required inputs given, links typed, widget values valid."""
+    graph = prompt
     assert graph, f"{name}: empty workflow"
     for node_id, node in graph.items():
+        assert node_id.isdigit() and isinstance(node, dict) and "class_type" in node, (
+            f"{name}: top-level entry {node_id!r} is not a node (an API graph holds nothing else)")
         node_type = node["class_type"]
         assert node_type in nodes.NODE_CLASS_MAPPINGS or node_type in CORE, (
             f"{name}: node {node_id} has unknown type {node_type} (add core nodes to tests/comfy_core_nodes.json)")
         s = schema(node_type)
+        own, verdict = custom_validation(node_type, node["inputs"])
+        assert verdict is True, f"{name}: node {node_id} ({node_type}) refuses its inputs: {verdict}"
         for input_name, value in node["inputs"].items():
             where = f"{name}: node {node_id} ({node_type}).{input_name}"
             assert input_name in s.inputs, f"{where}: no such input"
@@ -196,7 +226,8 @@ def check_api(prompt: dict, name: str) -> None:
                     f"{where}: {out_types[slot]} output connected to a {inp.kind} input")
             else:
                 assert inp.is_widget, f"{where}: a {inp.kind} input needs a link, got {value!r}"
-                check_value(where, inp, value)
+                if input_name not in own:
+                    check_value(where, inp, value)
         for inp in s.inputs.values():
             if inp.required:
                 assert inp.name in node["inputs"], f"{name}: node {node_id} ({node_type}) lacks input {inp.name}"
@@ -205,9 +236,7 @@ def check_api(prompt: dict, name: str) -> None:
 def model_files(prompt: dict) -> set[str]:
     """The model files an API prompt names (values of model-file combos that are not built-in choices)."""
     found = set()
-    for node_id, node in prompt.items():
-        if node_id.startswith("_"):
-            continue
+    for node in prompt.values():
         s = schema(node["class_type"])
         for input_name, value in node["inputs"].items():
             inp = s.inputs.get(input_name)
@@ -216,28 +245,11 @@ def model_files(prompt: dict) -> set[str]:
     return found
 
 
-def check_requires(prompt: dict, name: str) -> None:
-    """Only known top-level keys; "_requires" lists relative paths, one for every model file named.
+def check_ui(ui: dict, name: str, saved_before: bool = False) -> None:
+    """The UI graph's own consistency: links typed and mirrored on both ends, widget lists complete.
 
-    The real-server test skips a workflow whose listed files are absent; a model file missing from the
-    list would make it fail on a machine without that file instead.
+    ``saved_before``: a graph saved by an earlier version, which may lack widgets added at the end since.
     """
-    extra = {k for k in prompt if k.startswith("_")} - API_KEYS
-    assert not extra, f"{name}: unknown top-level keys {sorted(extra)} (known: {sorted(API_KEYS)})"
-    requires = prompt.get("_requires", [])
-    assert isinstance(requires, list) and all(isinstance(r, str) for r in requires), (
-        f"{name}: _requires must be a list of paths")
-    for rel in requires:
-        path = PurePosixPath(rel)
-        assert rel and not path.is_absolute() and ".." not in path.parts and "\\" not in rel, (
-            f"{name}: _requires entry {rel!r} is not a relative path under the base directory")
-    for file in sorted(model_files(prompt)):
-        assert any(rel.endswith("/" + file) for rel in requires), (
-            f"{name}: names the model file {file!r} but its _requires lists no models/<folder>/{file}")
-
-
-def check_ui(ui: dict, name: str) -> None:
-    """The UI graph's own consistency: links typed and mirrored on both ends, widget lists complete."""
     for key in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"):
         assert key in ui, f"{name}: missing '{key}'"
     by_id = {n["id"]: n for n in ui["nodes"]}
@@ -247,11 +259,23 @@ def check_ui(ui: dict, name: str) -> None:
         for key in ("id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
                     "widgets_values"):
             assert key in node, f"{name}: node {node.get('id')} lacks '{key}'"
+        if node["type"] in FRONTEND_ONLY:
+            assert not node["inputs"] and not node["outputs"], f"{name}: note {node['id']} has sockets"
+            assert len(node["widgets_values"]) == 1 and isinstance(node["widgets_values"][0], str)
+            continue
         s = schema(node["type"])
         layout = widget_layout(s)
-        assert len(node["widgets_values"]) == len(layout), (
-            f"{name}: node {node['id']} ({node['type']}) has {len(node['widgets_values'])} widget values, "
-            f"expected {len(layout)} for {layout}")
+        count = len(node["widgets_values"])
+        if saved_before and count < len(layout):
+            # The frontend sets widgets by position and leaves later ones at their defaults: a widget
+            # added at the end since (an optional input) is fine, any other change is not.
+            for missing in layout[count:]:
+                assert missing is None or not s.inputs[missing].required, (
+                    f"{name}: node {node['id']} ({node['type']}) lacks the value of required widget {missing}")
+        else:
+            assert count == len(layout), (
+                f"{name}: node {node['id']} ({node['type']}) has {count} widget values, "
+                f"expected {len(layout)} for {layout}")
         assert [o["type"] for o in node["outputs"]] == s.outputs, f"{name}: node {node['id']} outputs"
         for i, out in enumerate(node["outputs"]):
             assert out.get("slot_index", i) == i
@@ -271,18 +295,28 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def twin_path(ui_path: Path) -> Path:
+    """Where the API twin of a UI graph lives."""
+    return API_DIR / (ui_path.stem + ".api.json")
+
+
 def test_there_are_workflows_and_each_has_its_twin():
     assert (WORKFLOWS / "landmarks_only.json").exists()
-    ui_names = {p.name[:-len(".json")] for p in UI_FILES}
+    assert not (REPO / "workflows").exists(), "ComfyUI would serve workflows/*.json as templates too"
+    ui_names = {p.stem for p in UI_FILES}
     api_names = {p.name[:-len(".api.json")] for p in API_FILES}
     assert ui_names == api_names, f"UI without API twin: {ui_names - api_names}; API without UI: {api_names - ui_names}"
+    assert not list(WORKFLOWS.glob("*.api.json")), "API graphs are not templates: they live in tests/workflows"
 
 
 @pytest.mark.parametrize("path", API_FILES, ids=[p.stem for p in API_FILES])
 def test_api_workflow_is_valid(path):
     prompt = _load(path)
     check_api(prompt, path.name)
-    check_requires(prompt, path.name)
+    # the shipped graphs run anywhere: the only model files they name are the bundled model's
+    from emoji_model.bundled import BUNDLED_NAMES
+
+    assert model_files(prompt) <= set(BUNDLED_NAMES.values()), model_files(prompt)
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
@@ -291,12 +325,43 @@ def test_ui_workflow_is_valid_and_matches_its_twin(path):
     check_ui(ui, path.name)
     converted = ui_to_api(ui)
     check_api(converted, path.name + " (as API)")
-    twin = {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
-            for k, v in _load(path.with_name(path.name[:-len(".json")] + ".api.json")).items()
-            if not k.startswith("_")}
+    twin = _load(twin_path(path))
     assert converted.keys() == twin.keys(), f"{path.name}: nodes differ from the API twin"
     for node_id in converted:
         assert converted[node_id] == twin[node_id], f"{path.name}: node {node_id} differs from the API twin"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
+def test_ui_workflow_says_what_it_needs_in_a_note(path):
+    ui = _load(path)
+    notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] in FRONTEND_ONLY]
+    assert notes, f"{path.name}: no Note node saying which weights it needs"
+    readme = (REPO / "README.md").read_text()
+    assert f"`{path.stem}`" in readme, f"README does not describe {path.stem}"
+    if any(n["type"] == "FYE_LoadModel" for n in ui["nodes"]):
+        for real in ("fye_sd15.safetensors", "sd-vae-ft-mse", "sd-image-variations", "bundled"):
+            assert real in notes[0], f"{path.name}: its note does not name {real}"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
+def test_ui_workflow_has_a_thumbnail_made_from_its_output(path):
+    import numpy as np
+    from PIL import Image
+
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"no thumbnail {thumb.name} for the templates browser"
+    with Image.open(thumb) as img:
+        assert img.format == "JPEG" and min(img.size) >= 128 and thumb.stat().st_size < 200_000
+        pixels = np.asarray(img.convert("L"), dtype=np.float32)
+    assert pixels.std() > 20, f"{thumb.name} looks blank"
+
+
+@pytest.mark.parametrize("path", LEGACY_FILES, ids=[p.stem for p in LEGACY_FILES])
+def test_graphs_saved_by_earlier_versions_still_load(path):
+    """Today's node ids, widget positions and values: a graph saved before still loads and validates."""
+    ui = _load(path)
+    check_ui(ui, path.name, saved_before=True)
+    check_api(ui_to_api(ui), path.name + " (as API)")
 
 
 def test_the_checks_catch_broken_graphs():
@@ -322,13 +387,16 @@ def test_the_checks_catch_broken_graphs():
     broken[aligner]["class_type"] = "FYE_NoSuchNode"
     with pytest.raises(AssertionError, match="unknown type"):
         check_api(broken, "broken")
+    # anything but nodes at the top level (what POST /prompt refuses)
+    extra = dict(api, _requires=["models/x.safetensors"])
+    with pytest.raises(AssertionError, match="not a node"):
+        check_api(extra, "extra")
 
 
-def test_model_file_combos_accept_any_file_but_must_be_required():
-    prompt = _load(WORKFLOWS / "follow_your_emoji.api.json")
+def test_model_file_combos_accept_any_file_and_custom_validation_is_used():
+    prompt = _load(API_DIR / "follow_your_emoji.api.json")
     check_api(prompt, "ok")
-    check_requires(prompt, "ok")
-    nodes_of = {v["class_type"]: k for k, v in prompt.items() if not k.startswith("_")}
+    nodes_of = {v["class_type"]: k for k, v in prompt.items()}
     # which inputs list model files: core loaders by input name, ours by what the folders list
     assert schema("VAELoader").inputs["vae_name"].model_files
     assert schema("CLIPVisionLoader").inputs["clip_name"].model_files
@@ -336,8 +404,7 @@ def test_model_file_combos_accept_any_file_but_must_be_required():
     assert load["checkpoint"].model_files and load["motion_module"].model_files
     assert load["motion_module"].fixed == ["none"] and not load["dtype"].model_files
     assert not schema("FYE_TemporalSampler").inputs["scheduler"].model_files
-    assert model_files(prompt) == {"fye_sd15.safetensors", "vae-ft-mse-840000-ema-pruned.safetensors",
-                                   "sd-image-variations-image-encoder.safetensors"}
+    assert model_files(prompt) == {"bundled/demo_tiny.safetensors", "bundled/demo_vae", "bundled/demo_clip"}
     # any file name passes; an empty one, or a wrong type, does not; other combos stay strict
     broken = json.loads(json.dumps(prompt))
     broken[nodes_of["FYE_LoadModel"]]["inputs"]["checkpoint"] = "my_finetune.safetensors"
@@ -349,17 +416,25 @@ def test_model_file_combos_accept_any_file_but_must_be_required():
     broken[nodes_of["FYE_LoadModel"]]["inputs"]["dtype"] = "fp8"
     with pytest.raises(AssertionError, match="not one of"):
         check_api(broken, "broken")
-    # a file the workflow names must be listed in _requires; only known top-level keys
+    # a node's own VALIDATE_INPUTS decides for the inputs it takes, as in ComfyUI
     broken = json.loads(json.dumps(prompt))
-    broken[nodes_of["VAELoader"]]["inputs"]["vae_name"] = "other_vae.safetensors"
-    with pytest.raises(AssertionError, match="other_vae.safetensors"):
-        check_requires(broken, "broken")
-    broken[nodes_of["VAELoader"]]["inputs"]["vae_name"] = "pixel_space"  # built in: nothing to require
-    check_requires(broken, "built-in")
-    broken["_require"] = []
-    with pytest.raises(AssertionError, match="unknown top-level keys"):
-        check_requires(broken, "broken")
-    del broken["_require"]
-    broken["_requires"] = ["/abs/models/vae/x.safetensors"]
-    with pytest.raises(AssertionError, match="relative path"):
-        check_requires(broken, "broken")
+    sampler = broken[nodes_of["FYE_TemporalSampler"]]["inputs"]
+    sampler["scheduler"] = "ddim"  # the name graphs saved before the labels hold
+    check_api(broken, "old scheduler name")
+    sampler["scheduler"] = "uni_pc"  # ComfyUI's sampler name: not ours
+    with pytest.raises(AssertionError, match="refuses its inputs"):
+        check_api(broken, "broken")
+    sampler["scheduler"] = "DDIM (diffusers)"
+    broken[nodes_of["FYE_ReferenceEncoder"]]["inputs"]["width"] = 500
+    with pytest.raises(AssertionError, match="multiple of 8"):
+        check_api(broken, "broken")
+
+
+def write_twins() -> None:
+    """Rewrite tests/workflows/*.api.json from the UI graphs (what the frontend's Export (API) writes)."""
+    for path in UI_FILES:
+        twin_path(path).write_text(json.dumps(ui_to_api(_load(path)), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    write_twins()
