@@ -169,6 +169,14 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     return np.stack(frames), fps
 
 
+def frame_rate_fraction(fps: float) -> Fraction:
+    """A frame rate as a Fraction: the NTSC rates (23.976, 29.97, 59.94, ...) exactly, others to 1/1000."""
+    for base in (24, 30, 48, 60, 120, 240):
+        if abs(fps - base * 1000 / 1001) < 0.005:
+            return Fraction(base * 1000, 1001)
+    return Fraction(fps).limit_denominator(1000)
+
+
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray, fps: float,
                 crf: int = 18) -> Path:
     """Write uint8 RGB frames as an H.264 (yuv420p) mp4, atomically; odd sizes are padded to even."""
@@ -179,7 +187,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarr
         raise InvalidRequestError(f"fps must be positive, got {fps!r}")
     count = 0
     with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream = container.add_stream("libx264", rate=frame_rate_fraction(fps))
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf), "preset": "veryfast"}
         for frame in frames:

@@ -237,7 +237,9 @@ class MakeVideo:
         """Frames + exact frame rate + the driving audio, cut to the frames' duration."""
         from fractions import Fraction
 
-        rate = Fraction(driving.get_frame_rate()) if driving is not None else Fraction(fps).limit_denominator(1001)
+        from emoji_model.video import frame_rate_fraction
+
+        rate = Fraction(driving.get_frame_rate()) if driving is not None else frame_rate_fraction(fps)
         duration = float(len(images) / rate)
         sound = None
         if keep_audio:

@@ -2,6 +2,7 @@
 
     python host_checks.py import-time PACK_DIR   the pack's import time at host start, and what it adds
     python host_checks.py vae PACK_DIR OUT_DIR   the pack's VAE loader against diffusers, on a VAE it builds
+    python host_checks.py config PACK_DIR        what ComfyUI's own parser reads from the pack's pyproject.toml
 
 Each prints one JSON line starting with RESULT. The pack is loaded exactly as ComfyUI's
 nodes.load_custom_node loads a custom-node folder (by file location, under its path as module name).
@@ -92,7 +93,21 @@ def vae(pack_dir: str, out_dir: str) -> dict:
             "decode_scale": float(want_dec.std()), "encode_scale": float(want_enc.std())}
 
 
+def config(pack_dir: str) -> dict:
+    """The pack's configuration as ComfyUI (and its registry tooling) parses it."""
+    sys.path.insert(0, os.getcwd())
+    from comfy_config import config_parser
+
+    cfg = config_parser.extract_node_configuration(pack_dir)
+    project, comfy = cfg.project, cfg.tool_comfy
+    return {"name": project.name, "license": project.license.text or project.license.file,
+            "homepage": project.urls.homepage, "requires_comfyui": project.supported_comfyui_version,
+            "os": project.supported_os, "accelerators": project.supported_accelerators,
+            "publisher": comfy.publisher_id, "display_name": comfy.display_name, "icon": comfy.icon,
+            "requires_python": project.requires_python}
+
+
 if __name__ == "__main__":
     check, args = sys.argv[1], sys.argv[2:]
-    result = {"import-time": import_time, "vae": vae}[check](*args)
+    result = {"import-time": import_time, "vae": vae, "config": config}[check](*args)
     print("RESULT" + json.dumps(result), flush=True)

@@ -74,13 +74,20 @@ def test_the_pack_registers_under_its_install_name(server):
     assert not host_names & set(ours), host_names & set(ours)
 
 
-def test_the_pack_imports_fast_and_light_at_host_start(server):
-    out = subprocess.run([str(COMFYUI_PYTHON), str(Path(__file__).parent / "host_checks.py"), "import-time",
-                          str(server.base / "custom_nodes" / PACK_NAME)], cwd=COMFYUI_DIR, capture_output=True,
-                         text=True, timeout=300)
+def _host_check(*args: str) -> dict:
+    """Run tests/host_checks.py in the host's Python (cwd: the ComfyUI source); its RESULT."""
+    why = missing_host()
+    if why:
+        pytest.fail(why)
+    out = subprocess.run([str(COMFYUI_PYTHON), str(Path(__file__).parent / "host_checks.py"), *args],
+                         cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=300)
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
     assert out.returncode == 0 and line, out.stderr[-3000:]
-    result = json.loads(line[-1][6:])
+    return json.loads(line[-1][6:])
+
+
+def test_the_pack_imports_fast_and_light_at_host_start(server):
+    result = _host_check("import-time", str(server.base / "custom_nodes" / PACK_NAME))
     FIGURES.append(f"pack import at host start: {result['ms']:.0f} ms, heavy modules added: "
                    f"{result['heavy_added'] or 'none'}")
     assert result["heavy_added"] == [], result
@@ -89,17 +96,19 @@ def test_the_pack_imports_fast_and_light_at_host_start(server):
 
 def test_the_vae_loader_gives_the_hosts_own_vae(tmp_path):
     """Load VAE (Follow-Your-Emoji) builds comfy.sd.VAE from a diffusers folder; it decodes as diffusers does."""
-    why = missing_host()
-    if why:
-        pytest.fail(why)
-    out = subprocess.run([str(COMFYUI_PYTHON), str(Path(__file__).parent / "host_checks.py"), "vae", str(REPO),
-                          str(tmp_path)], cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=300)
-    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
-    assert out.returncode == 0 and line, out.stderr[-3000:]
-    result = json.loads(line[-1][6:])
+    result = _host_check("vae", str(REPO), str(tmp_path))
     assert result["type"] == "comfy.sd.VAE"
     assert result["decode_max_diff"] < 1e-4 * max(1.0, result["decode_scale"]), result
     assert result["encode_max_diff"] < 1e-4 * max(1.0, result["encode_scale"]), result
+
+
+def test_comfyuis_own_parser_reads_the_packs_metadata():
+    result = _host_check("config", str(REPO))
+    assert result["license"] == "Apache-2.0" and result["homepage"].startswith("https://")
+    assert result["requires_comfyui"] == ">=0.8.0" and result["os"] == ["OS Independent"]
+    assert result["accelerators"] == ["GPU :: NVIDIA CUDA", "GPU :: Apple Metal"]
+    assert result["publisher"] and result["display_name"] == "Follow-Your-Emoji"
+    assert (REPO / result["icon"]).is_file()
 
 
 def _keep(name: str, files: list[Path]) -> None:
@@ -206,9 +215,15 @@ def test_no_images_without_a_vae(server):
     """Nothing is made for the sampler's images output without a VAE; a node wired to it says why."""
     prompt = _workflow(DIFFUSION)
     prompt["90"] = {"class_type": "PreviewImage", "inputs": {"images": [SAMPLER, 1]}}
-    run = server.run(prompt, timeout=900)
-    assert not run.ok
-    assert "needs a VAE" in run.error(), run.error()
+    ws = server.websocket()
+    try:
+        run = server.run(prompt, timeout=900, ws=ws)
+    finally:
+        ws.close()
+    errors = [d for _, kind, d in run.messages if kind == "execution_error"]
+    assert errors and errors[0]["node_id"] == "90", [k for _, k, _ in run.messages]
+    assert "needs a VAE" in errors[0]["exception_message"], errors[0]
+    assert run.outputs  # the rest of the graph ran: its videos were written
 
 
 def test_templates_and_help_pages_are_served(server):

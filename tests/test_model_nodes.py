@@ -123,3 +123,23 @@ def test_reference_encoder_needs_an_image_encoder(runtime, model, astronaut):
     fye = FYEModel(handle=model, config=model.config, dtype=torch.float32, source="test")
     with pytest.raises(InvalidRequestError, match="CLIP_VISION"):
         ReferenceEncoder().encode(fye, torch.zeros(1, 64, 64, 3), HostVAE(tiny_vae()), 64, 64)
+
+
+def test_reference_encoder_can_move_the_appearance_net_off_the_device(tmp_path, monkeypatch, astronaut):
+    from nodes.model_nodes import FYEModel, ReferenceEncoder
+
+    class ParkOnMeta(rt.StandaloneRuntime):
+        def offload_device(self):
+            return torch.device("meta")  # stands for "not the compute device": nothing computes there
+
+    monkeypatch.setattr(rt, "_default", ParkOnMeta(device="cpu", models_dir=tmp_path))
+    vae, clip = tiny_vae(), tiny_clip()
+    image = torch.from_numpy(astronaut).float().div(255)[None]
+    for offload in (False, True):
+        model = random_model(seed=9)
+        fye = FYEModel(handle=model, config=model.config, dtype=torch.float32, source="test")
+        ReferenceEncoder().encode(fye, image, HostVAE(vae), 64, 64, clip_vision=HostClipVision(clip),
+                                  offload_appearance=offload)
+        appearance = {p.device.type for p in model.appearance.parameters()}
+        assert appearance == ({"meta"} if offload else {"cpu"})
+        assert {p.device.type for p in model.unet.parameters()} == {"cpu"}  # the samplers' networks stay

@@ -109,3 +109,56 @@ def test_cli_help(module):
                          cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout
+
+
+def _pyproject() -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        from pip._vendor import tomli as tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_requirements_txt_matches_pyproject():
+    """ComfyUI-Manager installs requirements.txt; pip installs pyproject's dependencies: the same ones."""
+    deps = [d for d in _pyproject()["project"]["dependencies"] if not d.startswith("torch")]
+    lines = [ln.strip() for ln in (REPO / "requirements.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert sorted(lines) == sorted(deps)
+    assert "diffusers>=0.30,<1" in deps  # 0.29 lacks AnimateDiffTransformer3D: the networks fail to import
+
+
+def test_lowest_pins_cover_every_runtime_dependency():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from lowest_pins import lowest_pins
+
+    pins = lowest_pins()
+    names = [p.split("==")[0] for p in pins]
+    assert names == [d.split(">")[0].split("<")[0] for d in _pyproject()["project"]["dependencies"]]
+    assert "diffusers==0.30.*" in pins and "mediapipe==0.10.14" in pins
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "bash scripts/lowest_versions.sh" in ci.splitlines()
+
+
+def test_the_ecosystems_metadata():
+    meta = _pyproject()
+    project, comfy = meta["project"], meta["tool"]["comfy"]
+    license_text = (REPO / "LICENSE").read_text()
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in license_text
+    assert project["urls"]["Homepage"].startswith("https://")
+    classifiers = project["classifiers"]
+    assert "Operating System :: OS Independent" in classifiers
+    assert {c for c in classifiers if c.startswith("Environment ::")} <= {
+        "Environment :: GPU :: NVIDIA CUDA", "Environment :: GPU :: AMD ROCm", "Environment :: GPU :: Intel Arc",
+        "Environment :: NPU :: Huawei Ascend", "Environment :: GPU :: Apple Metal"}  # what ComfyUI's parser takes
+    for minor in range(10, 14):
+        assert f"Programming Language :: Python :: 3.{minor}" in classifiers
+    assert comfy["requires-comfyui"] == ">=0.8.0"
+    icon = REPO / comfy["Icon"]
+    from PIL import Image
+
+    with Image.open(icon) as img:
+        assert img.format == "PNG" and img.size[0] == img.size[1] >= 128
