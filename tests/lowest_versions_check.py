@@ -25,8 +25,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from emoji_model.bundled import BUNDLED
-    from emoji_model.checkpoints import load_clip_vision, load_model, load_vae
+    from emoji_model.bundled import BUNDLED_SIZE, load_bundled
     from emoji_model.networks import FYEConfig, build_model
     from emoji_model.pipeline import generate_latents, reference_controls
     from emoji_model.reference import clip_encoder_from_transformers, encode_reference, vae_encoder_from_diffusers
@@ -34,12 +33,10 @@ def main() -> int:
 
     tiny = build_model(FYEConfig.tiny(), "cpu")
     assert sum(p.numel() for p in tiny.parameters()) > 0
-    model = load_model(BUNDLED.weights)
-    vae = load_vae(BUNDLED.vae)
-    clip = load_clip_vision(BUNDLED.image_encoder)
+    model, vae, clip = load_bundled()
     image = np.full((96, 96, 3), 128, np.uint8)
     image[20:76, 28:68] = (200, 160, 140)
-    size = (BUNDLED.size, BUNDLED.size)
+    size = (BUNDLED_SIZE, BUNDLED_SIZE)
     ref = encode_reference(model, image, vae_encoder_from_diffusers(vae), clip_encoder_from_transformers(clip),
                            size=size)
     from emoji_model.landmarks import FaceTrack

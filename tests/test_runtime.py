@@ -57,12 +57,12 @@ def test_find_and_list_model_in_models_dir(tmp_path):
     assert rt.find_model("follow_your_emoji", str(f)) == f
     # the user's files first, then the bundled model's (emoji_model.bundled), which resolves to the pack
     assert rt.list_models("follow_your_emoji") == ["fye.safetensors", "bundled/demo_tiny.safetensors"]
-    from emoji_model.bundled import BUNDLED
+    from emoji_model.bundled import BUNDLED_IMAGE_ENCODER, BUNDLED_VAE, BUNDLED_WEIGHTS
 
-    assert rt.find_model("follow_your_emoji", "bundled/demo_tiny.safetensors") == BUNDLED.weights
-    assert BUNDLED.weights.is_file() and (BUNDLED.vae / "config.json").is_file()
-    assert rt.list_models("vae") == ["bundled/demo_vae"] and rt.find_model("vae", "bundled/demo_vae") == BUNDLED.vae
-    assert rt.find_model("clip_vision", "bundled/demo_clip") == BUNDLED.image_encoder
+    assert rt.find_model("follow_your_emoji", "bundled/demo_tiny.safetensors") == BUNDLED_WEIGHTS
+    assert BUNDLED_WEIGHTS.is_file() and (BUNDLED_VAE / "config.json").is_file()
+    assert rt.list_models("vae") == ["bundled/demo_vae"] and rt.find_model("vae", "bundled/demo_vae") == BUNDLED_VAE
+    assert rt.find_model("clip_vision", "bundled/demo_clip") == BUNDLED_IMAGE_ENCODER
     # a real file of that name in a model folder wins
     (tmp_path / "vae" / "bundled" / "demo_vae").mkdir(parents=True)
     assert rt.find_model("vae", "bundled/demo_vae") == tmp_path / "vae" / "bundled" / "demo_vae"
