@@ -7,8 +7,10 @@ strategy (section 4.3): keyframes first, then every gap between two keyframes wi
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +79,65 @@ def make_model_scheduler(model, settings: SamplerSettings):
                           stored.get("rescale_betas_zero_snr"), betas=stored)
 
 
+# Peak bytes of live tensors in one denoiser call, per (guidance row × frame × latent pixel × channel of the
+# first UNet level × byte of the dtype): 22.1–23.3 measured over the tiny config and SD-1.5's structure at a
+# tenth of its widths, 8–32 latent pixels a side, 4–16 frames (tests/test_sampling_host.py pins it).
+ACTIVATION_BYTES = 23.3
+ACTIVATION_MARGIN = 1.25  # the guider's features, the fused window's buffers, allocator slack
+
+
+def activation_memory(config, frames: int, latent_hw: tuple[int, int], guided: bool, dtype) -> int:
+    """Bytes of activations one window of sampling needs besides the weights (for the host's model management).
+
+    window × latent size × guidance batch, scaled by the UNet's first width and the dtype's size.
+    """
+    import torch
+
+    rows = 2 if guided else 1
+    h, w = latent_hw
+    elements = rows * frames * h * w * config.block_out_channels[0]
+    return int(elements * torch.empty((), dtype=dtype).element_size() * ACTIVATION_BYTES * ACTIVATION_MARGIN)
+
+
+@contextmanager
+def interrupt_checks(model, runtime) -> Iterator[None]:
+    """Ask the runtime for Cancel before every resnet, attention and motion module of the denoising UNet.
+
+    A denoising step over a window can take minutes at SD-1.5 size on a CPU; with these checks Cancel
+    takes effect within one of its blocks. Forward pre-hooks, removed on exit, so the walk itself is untouched.
+    """
+    unet = getattr(model, "unet", None)
+    handles = []
+    if unet is not None:
+        def check(module, args):
+            runtime.check_interrupt()
+
+        for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
+            for name in ("resnets", "attentions", "motion_modules"):
+                for part in getattr(block, name, None) or ():
+                    handles.append(part.register_forward_pre_hook(check))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def previewing(scheduler, runtime):
+    """``scheduler`` whose every step shows its clean-sample estimate through ``runtime.preview``."""
+    step = scheduler.step
+
+    @functools.wraps(step)  # keeps step's signature: the sampler asks it which arguments it takes
+    def step_and_preview(*args, **kwargs):
+        out = step(*args, **kwargs)
+        estimate = getattr(out, "pred_original_sample", None)
+        runtime.preview(out.prev_sample if estimate is None else estimate)
+        return out
+
+    scheduler.step = step_and_preview
+    return scheduler
+
+
 def conditioning(reference, features: torch.Tensor, cfg: float) -> Conditioning:
     """Stack the reference's unconditional and conditional branches for one batched forward."""
     guided = cfg != 1.0
@@ -140,10 +201,10 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
     import torch
 
     rt, device, dtype, (num, h, w) = _prepare(model, reference, control, settings, device, dtype, runtime)
-    with torch.no_grad():
+    with torch.no_grad(), interrupt_checks(model, rt):
         feats = landmark_features(model, control, device, dtype, store=rt.offload_device())
         cond = conditioning(reference, feats, settings.cfg)
-        scheduler = make_model_scheduler(model, settings)
+        scheduler = previewing(make_model_scheduler(model, settings), rt)
         scheduler.set_timesteps(settings.steps, device=device)
         noise = initial_noise((1, 4, num, h, w), settings.seed, device, torch.float32)
         denoiser = make_denoiser(model, cond, settings.cfg, settings.temporal, dtype=dtype)
@@ -192,7 +253,7 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
     def run(frames: list[int], known=None, covered=None, mask=None, bar=None):
         feats = landmark_features(model, control[frames], device, dtype)
         init = initial_noise((1, 4, len(frames), h, w), settings.seed, device, torch.float32, frames)
-        sched = make_model_scheduler(model, settings)
+        sched = previewing(make_model_scheduler(model, settings), rt)
         sched.set_timesteps(settings.steps, device=device)
         cond = conditioning(reference, feats, settings.cfg)
         den = make_denoiser(model, cond, settings.cfg, settings.temporal, covered, mask, dtype=dtype)
@@ -202,7 +263,7 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
                               seed=settings.seed, runtime=rt, bar=bar)
 
     latents = torch.empty((1, 4, num, h, w), device=device)  # float32: the only per-frame state
-    with torch.no_grad(), rt.progress(total, "progressive sampling") as bar:
+    with torch.no_grad(), interrupt_checks(model, rt), rt.progress(total, "progressive sampling") as bar:
         # Stage 1: keyframes spread over the whole track, as one clip.
         latents[:, :, keys] = run(keys, bar=bar)
         # Stage 2: fill each gap with its two keyframes known.
@@ -228,9 +289,15 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def with_oom_retry(run: Callable[[SamplerSettings], Any], settings: SamplerSettings,
-                   runtime: StandaloneRuntime | None = None, min_window: int = 2) -> Any:
-    """Run ``run(settings)``; on out-of-memory halve the window and retry, saying so in the log."""
+                   runtime: StandaloneRuntime | None = None, min_window: int = 2, retry: bool = True,
+                   on_retry: Callable[[SamplerSettings, SamplerSettings], None] | None = None) -> Any:
+    """Run ``run(settings)``; on out-of-memory halve the window and retry (``retry``), or stop saying what to do.
+
+    Each retry is announced through ``runtime.notify`` (the node's text in ComfyUI, the log elsewhere)
+    and ``on_retry(asked, used)``, so a result made with other settings than asked never passes unseen.
+    """
     rt = resolve(runtime)
+    asked = settings
     while True:
         try:
             return run(settings)
@@ -238,14 +305,19 @@ def with_oom_retry(run: Callable[[SamplerSettings], Any], settings: SamplerSetti
             if not _is_oom(exc):
                 raise
             rt.free_memory()
+            advice = ("Lower the resolution or the window, load the model in fp16/bf16, turn on offload_appearance, "
+                      "or free memory held by other models")
+            if not retry:
+                raise FYEError(f"out of memory with a window of {settings.window} frames. {advice}; or let the "
+                               "sampler retry with smaller windows (on_out_of_memory).") from exc
             if settings.window // 2 < min_window:
-                raise FYEError(
-                    f"out of memory even with a window of {settings.window} frames. Lower the resolution, "
-                    "load the model in fp16/bf16, or free memory held by other models.") from exc
+                raise FYEError(f"out of memory even with a window of {settings.window} frames. {advice}.") from exc
             smaller = replace(settings, window=settings.window // 2,
                               overlap=min(settings.overlap, settings.window // 4))
-            log.warning("out of memory with a window of %d frames; retrying with %d",
-                        settings.window, smaller.window)
+            rt.notify(f"Out of memory with a window of {settings.window} frames: retrying with {smaller.window}. "
+                      f"The result differs from what a window of {asked.window} gives.")
+            if on_retry is not None:
+                on_retry(asked, smaller)
             settings = smaller
 
 

@@ -201,8 +201,12 @@ class StandaloneRuntime:
         """A handle the runtime can load and offload; standalone, the module itself."""
         return module
 
-    def load_model(self, module: Any, device: torch.device | None = None) -> Any:
-        """Make ``module`` resident on the compute device for a run; returns it."""
+    def load_model(self, module: Any, device: torch.device | None = None, memory_required: int = 0) -> Any:
+        """Make ``module`` resident on the compute device for a run; returns it.
+
+        ``memory_required``: bytes of activations the run will need besides the weights (a host frees
+        that much by evicting other models; standalone there is nothing to evict).
+        """
         return module.to(device or self.torch_device())
 
     def free_memory(self) -> None:
@@ -251,6 +255,13 @@ class StandaloneRuntime:
 
     def check_interrupt(self) -> None:
         """Raise the host's interrupt exception if the user asked to stop; standalone never does."""
+
+    def preview(self, latents: torch.Tensor) -> None:
+        """Show the sampler's current estimate (scaled SD latents [1,4,F,h,w]) where the host can; standalone, nowhere."""
+
+    def notify(self, message: str) -> None:
+        """Tell the user something they must see (a fallback taken); standalone, the log."""
+        log.warning("%s", message)
 
     # -- model files ---------------------------------------------------------------------
     def model_folders(self, kind: str) -> list[Path]:

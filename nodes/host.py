@@ -116,8 +116,48 @@ class ComfyRuntime(StandaloneRuntime):
         self._mm.soft_empty_cache()
 
     def make_bar(self, total: int, desc: str = "") -> ProgressBar:
-        """A progress bar shown on the running node in ComfyUI's UI."""
-        return ComfyProgressBar(total, desc)
+        """A progress bar shown on the running node in ComfyUI's UI (previews go onto the latest one)."""
+        self._bar = ComfyProgressBar(total, desc)
+        return self._bar
+
+    def preview(self, latents) -> None:
+        """Up to four frames of the current estimate, side by side, as the node's preview image.
+
+        Through the host's own previewer, so the user's preview setting (none, latent2rgb, TAESD) holds.
+        """
+        bar = getattr(self, "_bar", None)
+        if bar is None:
+            return
+        import latent_preview
+
+        method = latent_preview.args.preview_method
+        if getattr(self, "_previewer_for", None) != method:
+            import comfy.latent_formats
+
+            self._previewer = latent_preview.get_previewer(self.torch_device(), comfy.latent_formats.SD15())
+            self._previewer_for = method
+        if self._previewer is None:
+            return
+        import torch
+
+        frames = latents[0].detach()  # [4, F, h, w]
+        picks = torch.linspace(0, frames.shape[1] - 1, min(4, frames.shape[1])).round().long().tolist()
+        strip = torch.cat([frames[:, i] for i in picks], dim=-1)[None]  # "c f h w -> 1 c h (f w)"
+        image = self._previewer.decode_latent_to_preview_image("JPEG", strip.float())
+        bar._comfy.update_absolute(bar._comfy.current, bar._comfy.total, image)
+
+    def notify(self, message: str) -> None:
+        """The message on the running node in the UI (and in the log)."""
+        super().notify(message)
+        try:
+            from comfy_execution.utils import get_executing_context
+            from server import PromptServer
+
+            context = get_executing_context()
+            if context is not None and PromptServer.instance is not None:
+                PromptServer.instance.send_progress_text(message, context.node_id)
+        except ImportError:  # an older host without node texts: the log has it
+            pass
 
     def check_interrupt(self) -> None:
         """Raise ComfyUI's InterruptProcessingException when the user pressed Cancel."""

@@ -34,9 +34,12 @@ class FYEModel:
         """The scheduler config the weights were trained with (FYEConfig.scheduler)."""
         return dict(self.config.scheduler)
 
-    def module(self, runtime=None):
-        """The FollowYourEmoji module, loaded onto the compute device through the host's model management."""
-        return (runtime or get_runtime()).load_model(self.handle)
+    def module(self, runtime=None, memory_required: int = 0):
+        """The FollowYourEmoji module, loaded onto the compute device through the host's model management.
+
+        ``memory_required``: bytes of activations the coming run needs, so the host can evict other models.
+        """
+        return (runtime or get_runtime()).load_model(self.handle, memory_required=memory_required)
 
 
 def _choices(kind: str, with_none: bool = False, default: str | None = None) -> list[str]:

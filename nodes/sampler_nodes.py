@@ -41,9 +41,22 @@ def _sampler_inputs() -> dict:
     }
 
 
+OOM_CHOICES = ["retry with smaller windows", "stop"]
+
+
 def _optional_inputs() -> dict:
     return {"vae": ("VAE", {"tooltip": "decode the frames here too, on the images output (else use VAE Decode "
-                                       "on the latent output)"})}
+                                       "on the latent output)"}),
+            "on_out_of_memory": (OOM_CHOICES, {
+                "default": OOM_CHOICES[0],
+                "tooltip": "retry: halve the window until it fits, say so on this node, and run again next time "
+                           "instead of reusing that result; stop: fail with what to change"})}
+
+
+HIDDEN = {"unique_id": "UNIQUE_ID"}
+# Nodes (by id) whose last result was made with smaller windows than asked, after an out-of-memory retry:
+# IS_CHANGED makes the host run them again rather than serve that result from its cache.
+_DEGRADED: set[str] = set()
 
 
 def _validate(scheduler) -> bool | str:
@@ -83,9 +96,19 @@ class _Sampler:
         """The scheduler's label, or the library's name that graphs saved by earlier versions hold."""
         return _validate(scheduler)
 
+    @classmethod
+    def IS_CHANGED(cls, unique_id=None, **inputs):
+        """NaN (never equal: run again) after a run that fell back to smaller windows, else unchanged."""
+        return float("nan") if unique_id in _DEGRADED else False
+
     def _run(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae,
-             generate):
-        from emoji_model.pipeline import LazyControls, check_track_matches_reference, with_oom_retry
+             generate, on_out_of_memory=OOM_CHOICES[0], unique_id=None):
+        from emoji_model.pipeline import (
+            LazyControls,
+            activation_memory,
+            check_track_matches_reference,
+            with_oom_retry,
+        )
         from emoji_model.sampling import SamplerSettings
 
         runtime = get_runtime()
@@ -93,12 +116,18 @@ class _Sampler:
         settings = SamplerSettings(steps=steps, cfg=cfg, scheduler=SCHEDULER_KEYS.get(scheduler, scheduler),
                                    seed=seed, window=window, overlap=overlap, fusion=fusion)
         settings.validate(fye_model.config.motion_max_len)
-        model = fye_model.module(runtime)
+        h, w = reference.size
+        need = activation_memory(fye_model.config, min(window, len(faces)), (h // 8, w // 8), cfg != 1.0,
+                                 fye_model.dtype)
+        model = fye_model.module(runtime, memory_required=need)
         device = runtime.torch_device()
         ref = reference.to(device, fye_model.dtype)
         controls = LazyControls(faces, ref.size)  # rendered window by window, never all at once
+        _DEGRADED.discard(str(unique_id))
         samples = with_oom_retry(lambda s: generate(model, ref, controls, s, device=device,
-                                                    dtype=fye_model.dtype, runtime=runtime), settings, runtime)
+                                                    dtype=fye_model.dtype, runtime=runtime), settings, runtime,
+                                 retry=on_out_of_memory != "stop",
+                                 on_retry=lambda asked, used: _DEGRADED.add(str(unique_id)))
         return _outputs(samples, vae, runtime)
 
 
@@ -107,19 +136,21 @@ class TemporalSampler(_Sampler):
     DISPLAY_NAME = "Temporal Sampler (Follow-Your-Emoji)"
     DESCRIPTION = ("Generates one frame per aligned landmark frame: DDIM v-prediction with zero-terminal-SNR "
                    "as released, conditional and unconditional branches batched, and overlapping temporal "
-                   "windows blended for tracks longer than the window. Interruptible; on out-of-memory it "
-                   "retries with smaller windows.")
+                   "windows blended for tracks longer than the window. Shows previews while it runs and honours "
+                   "Cancel within one UNet block; tells the host how much memory a window needs; on "
+                   "out-of-memory it retries with smaller windows and says so on the node (or stops).")
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": _sampler_inputs(), "optional": _optional_inputs()}
+        return {"required": _sampler_inputs(), "optional": _optional_inputs(), "hidden": HIDDEN}
 
-    def sample(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae=None):
+    def sample(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae=None,
+               on_out_of_memory=OOM_CHOICES[0], unique_id=None):
         """Sample every frame of the track together."""
         from emoji_model.pipeline import generate_latents
 
         return self._run(fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae,
-                         generate_latents)
+                         generate_latents, on_out_of_memory, unique_id)
 
 
 class ProgressiveLongVideo(_Sampler):
@@ -138,10 +169,10 @@ class ProgressiveLongVideo(_Sampler):
         inputs["known_frames"] = (["auto", "covered", "replace"], {
             "default": "auto", "tooltip": "how stage 2 is given its keyframes: auto picks covered-latent "
                                           "input when the checkpoint has those channels"})
-        return {"required": inputs, "optional": _optional_inputs()}
+        return {"required": inputs, "optional": _optional_inputs(), "hidden": HIDDEN}
 
     def sample(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion,
-               keyframe_stride, known_frames, vae=None):
+               keyframe_stride, known_frames, vae=None, on_out_of_memory=OOM_CHOICES[0], unique_id=None):
         """Keyframes first, then the gaps between them."""
         from emoji_model.pipeline import progressive_latents
 
@@ -151,7 +182,7 @@ class ProgressiveLongVideo(_Sampler):
                                        known_mode=known_frames, **kw)
 
         return self._run(fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae,
-                         generate)
+                         generate, on_out_of_memory, unique_id)
 
 
 NODES = [TemporalSampler, ProgressiveLongVideo]

@@ -26,7 +26,7 @@ def should_use_bf16(device=None, **kw):
 
 def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
                     force_full_load=False):
-    calls.append(("load_models_gpu", len(models), force_full_load))
+    calls.append(("load_models_gpu", len(models), force_full_load, memory_required))
 
 
 def soft_empty_cache(force=False):

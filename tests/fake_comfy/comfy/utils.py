@@ -1,4 +1,5 @@
 updates = []
+previews = []
 
 
 class ProgressBar:
@@ -9,3 +10,5 @@ class ProgressBar:
     def update_absolute(self, value, total=None, preview=None):
         self.current = value
         updates.append((value, self.total))
+        if preview is not None:
+            previews.append((value, preview))

@@ -1,0 +1,2 @@
+class SD15:
+    scale_factor = 0.18215
