@@ -423,3 +423,44 @@ def self_reenactment(model, vae, image_encoder, frames: np.ndarray, controls: np
                          landmarks=landmarks, runtime=runtime)
     report.info["mode"] = "self-reenactment"
     return report, generated
+
+
+# -- does it follow its reference --------------------------------------------------------------------
+
+def reference_following(model, vae, image_encoder, portraits: dict[str, np.ndarray], settings, *,
+                        keys: str, frames: int = 48, size: int = 64, compare_size: int = 64, face_model=None,
+                        runtime=None) -> dict[str, Any]:
+    """Animate every portrait with the same keyed expression; how much each video takes after its own reference.
+
+    ``l1[i][j]``: mean absolute difference (0..1, at ``compare_size``²) between video i and reference j;
+    ``ratio[i]`` = l1[i][i] / min over j≠i of l1[i][j] (below 1: closer to its own reference than to any
+    other); ``motion_corr[i]``: correlation over time between the per-frame change of video i and of its
+    control images.
+    """
+    import cv2
+
+    from .align import align_motion
+    from .editor import animate_face
+    from .landmarks import extract_image
+    from .pipeline import LazyControls
+    from .reference import fit_to_size, image_to_pixels
+
+    def small(images: np.ndarray) -> np.ndarray:
+        return np.stack([cv2.resize(_float_frames(im).astype(np.float32), (compare_size, compare_size),
+                                    interpolation=cv2.INTER_AREA) for im in images])
+
+    names, videos, refs, motion = list(portraits), [], [], []
+    for name in names:
+        image = portraits[name]
+        track = extract_image(image, face_model=face_model, what=f"portrait '{name}'", runtime=runtime)
+        aligned = align_motion(track, animate_face(track, keys, frames=frames, fps=24.0), runtime=runtime)
+        controls = LazyControls(aligned, (size, size))
+        pixels = fit_to_size(image_to_pixels(image), (size, size))[0].permute(1, 2, 0).numpy()  # c h w -> h w c
+        reference = (pixels * 255 + 0.5).astype(np.uint8)
+        video = generate_frames(model, vae, image_encoder, reference, controls, settings, runtime=runtime)
+        videos.append(small(video))
+        refs.append(small(reference[None])[0])
+        motion.append(correlation(mean_abs_change(video), mean_abs_change(controls[:])))
+    l1 = [[float(np.abs(v - r[None]).mean()) for r in refs] for v in videos]
+    ratio = [row[i] / min(x for j, x in enumerate(row) if j != i) for i, row in enumerate(l1)]
+    return {"names": names, "l1": l1, "ratio": ratio, "motion_corr": motion}
