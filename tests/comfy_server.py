@@ -92,6 +92,17 @@ class Run:
         """True when the prompt finished successfully."""
         return self.status.get("status_str") == "success"
 
+    def node_seconds(self) -> dict[str, float]:
+        """Seconds each node ran, from the websocket's "executing" events (needs ``ws`` in :meth:`ComfyServer.run`)."""
+        times: dict[str, float] = {}
+        current, since = None, None
+        for now, kind, data in self.messages:
+            if kind == "executing" and isinstance(data, dict):
+                if current is not None:
+                    times[current] = times.get(current, 0.0) + now - since
+                current, since = data.get("node"), now
+        return times
+
     def error(self) -> str:
         """The host's error message, if the prompt failed."""
         for kind, data in self.status.get("messages", []):

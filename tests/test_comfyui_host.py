@@ -123,12 +123,18 @@ def _keep(name: str, files: list[Path]) -> None:
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=[p.name.split(".")[0] for p in API_WORKFLOWS])
 def test_shipped_workflow_runs_as_shipped(server, path):
     prompt = _workflow(path)  # posted exactly as shipped
-    run = server.run(prompt, timeout=900)
+    ws = server.websocket()
+    try:
+        run = server.run(prompt, timeout=900, ws=ws)
+    finally:
+        ws.close()
     assert run.ok, f"{path.name}: {run.error()}\n{server.log()}"
     assert run.outputs, f"{path.name} finished but wrote no output"
     name = path.name.split(".")[0]
+    slowest = sorted(run.node_seconds().items(), key=lambda kv: -kv[1])[:3]
     FIGURES.append(f"workflow {name}: {run.seconds:.1f} s in the host, peak {run.peak_mib:.0f} MiB resident "
-                   f"(idle {server.idle_mib:.0f} MiB)")
+                   f"(idle {server.idle_mib:.0f} MiB); slowest nodes: "
+                   + ", ".join(f"{prompt[n]['class_type']} {t:.1f} s" for n, t in slowest if n in prompt))
     _keep(name, run.outputs)
     videos = [p for p in run.outputs if p.suffix == ".mp4"]
     assert videos, f"{path.name}: no video written ({run.outputs})"
