@@ -84,6 +84,7 @@ class Run:
     status: dict
     seconds: float
     peak_mib: float
+    start_mib: float  # resident memory when the prompt was queued (the host's caches of earlier prompts included)
     outputs: list[Path] = field(default_factory=list)
     messages: list = field(default_factory=list)
 
@@ -207,6 +208,7 @@ class ComfyServer:
         """
         before = self.outputs()
         self.reset_peak()
+        start_mib, _ = self.memory_mib()
         response = self.post(prompt)
         if not response.ok:
             raise AssertionError(f"POST /prompt refused the prompt: {response.status_code} {response.text[:3000]}")
@@ -240,7 +242,7 @@ class ComfyServer:
         start = stamps.get("execution_start")
         end = stamps.get("execution_success") or stamps.get("execution_error") or stamps.get("execution_interrupted")
         seconds = (end - start) / 1000 if start and end else float("nan")
-        return Run(prompt_id, status, seconds, peak, sorted(self.outputs() - before), messages)
+        return Run(prompt_id, status, seconds, peak, start_mib, sorted(self.outputs() - before), messages)
 
     def stop(self) -> None:
         """Terminate the server (and its log)."""

@@ -132,8 +132,9 @@ def test_shipped_workflow_runs_as_shipped(server, path):
     assert run.outputs, f"{path.name} finished but wrote no output"
     name = path.name.split(".")[0]
     slowest = sorted(run.node_seconds().items(), key=lambda kv: -kv[1])[:3]
-    FIGURES.append(f"workflow {name}: {run.seconds:.1f} s in the host, peak {run.peak_mib:.0f} MiB resident "
-                   f"(idle {server.idle_mib:.0f} MiB); slowest nodes: "
+    FIGURES.append(f"workflow {name}: {run.seconds:.1f} s in the host, peak {run.peak_mib:.0f} MiB resident, "
+                   f"+{run.peak_mib - run.start_mib:.0f} MiB over its start (idle server {server.idle_mib:.0f} MiB); "
+                   "slowest nodes: "
                    + ", ".join(f"{prompt[n]['class_type']} {t:.1f} s" for n, t in slowest if n in prompt))
     _keep(name, run.outputs)
     videos = [p for p in run.outputs if p.suffix == ".mp4"]

@@ -220,3 +220,26 @@ def test_ldm_vae_config_follows_the_diffusers_config():
         ldm_vae_config(dict(cfg, norm_num_groups=8))
     with pytest.raises(CheckpointMismatchError, match="multiples of 32"):
         ldm_vae_config(dict(cfg, block_out_channels=[48, 96, 96, 96]))
+
+
+def _one_bar(updates) -> bool:
+    """The host's bar was driven by one run: one total, values always rising (a second bar restarts), ending full."""
+    values = [v for v, _ in updates]
+    rising = all(a < b for a, b in zip(values, values[1:]))
+    return len({t for _, t in updates}) == 1 and rising and values[-1] == updates[-1][1]
+
+
+def test_nodes_with_several_stages_fill_one_bar(comfy_host, astronaut):
+    import comfy.utils
+
+    from nodes.edit_nodes import CropFace, ExpressionEditor
+
+    image = torch.from_numpy(astronaut).float()[None] / 255
+    comfy.utils.updates.clear()
+    _, faces, _ = CropFace().crop(image, 256, 1.8, "edge", "union")  # the face search, then the crop's landmarks
+    assert len(comfy.utils.updates) >= 2 and _one_bar(comfy.utils.updates), comfy.utils.updates
+    comfy.utils.updates.clear()
+    sliders = {name: 0.0 for name in ("blink", "smile", "mouth_open", "brow_raise", "pupil_x", "pupil_y", "yaw",
+                                      "pitch", "roll")}
+    ExpressionEditor().edit(faces, 12, 12.0, "0: blink=0; 6: blink=1", "linear", **sliders)  # fields, then renders
+    assert len(comfy.utils.updates) > 2 and _one_bar(comfy.utils.updates), comfy.utils.updates

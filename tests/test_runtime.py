@@ -94,7 +94,7 @@ def test_comfy_runtime_uses_host_services(comfy_host):
         rt.check_interrupt()
     handle = rt.manage(torch.nn.Linear(2, 2))
     assert isinstance(rt.load_model(handle), torch.nn.Linear)
-    assert ("load_models_gpu", 1, True) in mm.calls  # a full load: partial loads would split our modules
+    assert ("load_models_gpu", 1, True, 0) in mm.calls  # a full load: partial loads would split our modules
     folder = Path(folder_paths.models_dir) / "follow_your_emoji"
     assert folder in rt.model_folders("follow_your_emoji")
     with pytest.raises(MissingModelError, match=str(folder).replace("\\", "\\\\")):
