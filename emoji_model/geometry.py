@@ -285,18 +285,6 @@ def invert_pose(pose: np.ndarray) -> np.ndarray:
     return np.linalg.inv(pose)
 
 
-def canonical_vertices(points: np.ndarray, size: tuple[int, int], model: CanonicalModel,
-                       pose: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(canonical-space vertices [..., N, 3], pose [..., 4, 4]) of normalised screen landmarks.
-
-    ``pose`` defaults to the one fitted here; pass MediaPipe's facial transformation matrix to
-    express the vertices relative to it (the two agree to about 1e-4).
-    """
-    fit = screen_to_metric(points, size, model)
-    pose = fit.pose if pose is None else np.asarray(pose, dtype=np.float64)
-    return apply_pose(invert_pose(pose), fit.metric), pose
-
-
 def project(canonical: np.ndarray, pose: np.ndarray, size: tuple[int, int],
             depth_offset: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Normalised screen landmarks [..., N, 3] of canonical vertices placed by ``pose`` in a (w, h) frame."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .constants import FUSIONS, SCHEDULER_NAMES
 from .errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 PREDICTION_TYPES = ("v_prediction", "epsilon")
-FUSIONS = ("pyramid", "flat")
 
 
 def make_scheduler(name: str = "ddim", prediction_type: str = "v_prediction",

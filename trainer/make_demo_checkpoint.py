@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from emoji_model.cli import setup_logging
+from emoji_model.constants import LATENT_SCALE
 from emoji_model.runtime import PACK_ROOT
 
 log = logging.getLogger("emoji_model.trainer.demo")
@@ -36,7 +37,7 @@ SHARED = Path(os.environ.get("FYE_SHARED", PACK_ROOT.parent / "shared"))
 # (the tiny FYEConfig's clip_dim) for 32-pixel CLIP inputs in 8-pixel patches.
 DEMO_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
                 up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 16, 16, 16], layers_per_block=1,
-                latent_channels=4, norm_num_groups=8, sample_size=64, scaling_factor=0.18215)
+                latent_channels=4, norm_num_groups=8, sample_size=64, scaling_factor=LATENT_SCALE)
 DEMO_CLIP = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32,
                  patch_size=8, projection_dim=16, hidden_act="quick_gelu")
 

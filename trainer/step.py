@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from einops import rearrange
 from torch import nn
 
+from emoji_model.constants import LATENT_SCALE
 from emoji_model.errors import InvalidRequestError, MissingModelError
 from emoji_model.networks import FollowYourEmoji
 
@@ -127,7 +127,7 @@ class FrozenEncoders:
         from emoji_model.reference import clip_encoder_from_transformers
 
         self.vae = vae
-        self.factor = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self.factor = float(getattr(vae.config, "scaling_factor", LATENT_SCALE))
         self.clip = clip_encoder_from_transformers(image_encoder)
         self.chunk = chunk
 
@@ -151,11 +151,6 @@ class FrozenEncoders:
         """
         lat = self.vae.encode((image * 2 - 1).to(self.vae.device, self.vae.dtype)).latent_dist.mean
         return lat.float() * self.factor, self.clip(image).float()
-
-
-def describe_groups(model: nn.Module) -> dict[str, Any]:
-    """Parameter count of every group (for logs and the bench)."""
-    return {g: sum(p.numel() for n, p in model.named_parameters() if test(n)) for g, test in PARAM_GROUPS.items()}
 
 
 def training_losses(forward: nn.Module, encoders: FrozenEncoders, batch: dict[str, torch.Tensor], noise_scheduler,
