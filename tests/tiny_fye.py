@@ -108,8 +108,8 @@ _TOP_TO_LDM = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear
 def to_ldm_unet(state: dict[str, torch.Tensor], layers: int, attn_levels: tuple[bool, ...]) -> dict[str, torch.Tensor]:
     """A diffusers-named SD UNet state dict in the original ldm layout ("model.diffusion_model.*").
 
-    Written independently of diffusers' converter (the inverse of its key map), so that loading the result
-    through diffusers' ``convert_ldm_unet_checkpoint`` checks both directions.
+    Written independently of the loader's table (emoji_model.checkpoints.sd_unet), so that loading the
+    result checks the table in the other direction.
     """
     out = {}
     per = layers + 1
