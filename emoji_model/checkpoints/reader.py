@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import mmap
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -42,7 +41,7 @@ class TensorFile:
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, torch.dtype] = {}
         self._safe = None
-        self._span = [0, 0]  # lowest and highest address read from the map
+        self._bounds: tuple[int, int] | None = None  # of the file's map in this process (Linux)
         self._torch: dict[str, torch.Tensor] | None = None
         if self.path.suffix.lower() == ".safetensors":
             self._open_safetensors()
@@ -99,7 +98,10 @@ class TensorFile:
         # A copy in its own storage: a view into the map would keep the map's pages resident with the
         # weights, and its 8-byte alignment sends some CPU kernels down other (not bit-identical) paths.
         tensor = view.clone()
-        _release_pages(view, self._span)
+        if _MADVISE is not None and view.nbytes:
+            if self._bounds is None:
+                self._bounds = _map_bounds(view.data_ptr(), self.path.stat().st_ino)
+            _release_pages(view, self._bounds)
         return tensor
 
     def close(self) -> None:
@@ -110,12 +112,11 @@ class TensorFile:
 
 
 def _load_madvise():
-    """libc's madvise where there is one (Linux, macOS), else None."""
-    if os.name != "posix":
+    """libc's madvise on Linux (where /proc/self/maps tells the map's bounds), else None."""
+    if not os.path.exists("/proc/self/maps"):
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.madvise
+        fn = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):
         return None
     fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
@@ -124,29 +125,37 @@ def _load_madvise():
 
 
 _MADVISE = _load_madvise()
-_MADV_DONTNEED = 4  # the same value on Linux and macOS
-_PAGE = mmap.PAGESIZE
-_FAULT_AROUND = 1 << 16  # Linux's default fault_around_bytes
+_MADV_DONTNEED = 4
+_FOLIO = 1 << 21  # the largest page-cache folio a fault maps (a PMD on x86-64 and arm64)
 
 
-def _release_pages(view: torch.Tensor, span: list[int]) -> None:
-    """Drop the pages around a tensor just copied out of the map from this process's resident set.
+def _map_bounds(address: int, inode: int) -> tuple[int, int]:
+    """(start, end) of this process's map of the file with ``inode`` that holds ``address``; (0, 0) if none."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                fields = line.split()
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                if start <= address < end and len(fields) >= 6 and int(fields[4]) == inode:
+                    return start, end
+    except (OSError, ValueError):
+        pass
+    return 0, 0
 
-    The map is private and never written, so the kernel re-reads a page from the file if it is
-    touched again; without this every page read stays resident until the map closes, and loading
-    would hold the weights twice (their copies and the map). The kernel maps up to 64 KiB around each
-    page fault, so the window reaches that far on both sides, clipped to ``span`` ([lowest, highest]
-    address of the tensors read so far: inside the one map of the file).
+
+def _release_pages(view: torch.Tensor, bounds: tuple[int, int]) -> None:
+    """Drop the pages around a tensor just copied out of the file's map from this process's resident set.
+
+    The map is private and never written, so the kernel re-reads a page from the page cache if it
+    is touched again; without this every page read stays resident until the map closes, and loading
+    would hold the weights twice (their copies and the map). A page fault may map a whole page-cache
+    folio (up to 2 MiB) around the address, so the window covers the tensor's 2 MiB-aligned blocks,
+    clipped to the map's ``bounds``.
     """
-    if _MADVISE is None or view.nbytes == 0:
-        return
-    lo, hi = view.data_ptr(), view.data_ptr() + view.nbytes
-    span[0] = lo if span[0] == 0 else min(span[0], lo)
-    span[1] = max(span[1], hi)
-    start = max((lo - _FAULT_AROUND) // _PAGE * _PAGE, -(-span[0] // _PAGE) * _PAGE)
-    end = min(-(-(hi + _FAULT_AROUND) // _PAGE) * _PAGE, span[1] // _PAGE * _PAGE)
+    start = max(view.data_ptr() // _FOLIO * _FOLIO, bounds[0])
+    end = min(-(-(view.data_ptr() + view.nbytes) // _FOLIO) * _FOLIO, bounds[1])
     if end > start:
-        _MADVISE(start, end - start, _MADV_DONTNEED)  # advisory: a failure only leaves pages resident
+        _MADVISE(start, end - start, _MADV_DONTNEED)  # advisory: a failure only costs memory
 
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
