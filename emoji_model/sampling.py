@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .constants import FUSIONS, SCHEDULER_NAMES
+from .constants import FUSIONS
 from .errors import InvalidRequestError
 
 if TYPE_CHECKING:
