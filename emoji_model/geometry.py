@@ -124,10 +124,10 @@ def _load_cached(path: str, mtime: float) -> CanonicalModel:
     with zipfile.ZipFile(path) as bundle:
         try:
             buf = bundle.read(GEOMETRY_METADATA)
-        except KeyError:
+        except KeyError as exc:
             raise InvalidRequestError(
                 f"'{path}' is not MediaPipe's face landmarker bundle: it holds no {GEOMETRY_METADATA}"
-            ) from None
+            ) from exc
     model = parse_geometry_metadata(buf)
     if len(model.vertices) != MESH_POINTS:
         raise InvalidRequestError(f"canonical mesh in '{path}' has {len(model.vertices)} vertices, "
