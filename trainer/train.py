@@ -165,7 +165,8 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
     from .data import ClipDataset, EpochBatches, batch_stream, load_index
     from .objectives import make_noise_scheduler
     from .optim import EMA, build_optimizer, learning_rate
-    from .step import FrozenEncoders, TrainingForward, build_model, set_trainable, training_losses
+    from .step import (FrozenEncoders, PartialFreeze, TrainingForward, build_model, set_trainable, trainable_elements,
+                       training_losses)
 
     # -- 1. config and resume point --------------------------------------------------------------
     resume_from = resolve_resume(cfg)
@@ -190,6 +191,7 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
     model = build_model(cfg, resume_from)
     groups = cfg.trainable_groups(model.config.cover_channels)
     named = set_trainable(model, groups)
+    partial = PartialFreeze(model, trainable_elements(model, groups))  # e.g. conv_in's covered inputs in stage 1
     n_train = sum(p.numel() for _, p in named)
     log.info("stage %d: training %s — %.2fM of %.2fM parameters", cfg.stage, ", ".join(groups), n_train / 1e6,
              sum(p.numel() for p in model.parameters()) / 1e6)
@@ -217,7 +219,7 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
 
         raise InvalidRequestError(f"{frames} frames per sample exceed the temporal layers' {model.max_frames}")
     dataset = ClipDataset(cfg.dataset, frames, seed=cfg.seed, max_clips=cfg.max_clips,
-                          mask_downsample=cfg.mask_downsample)
+                          mask_downsample=cfg.mask_downsample, augment=cfg.augment_options())
     order = EpochBatches(len(dataset), cfg.batch_size, cfg.seed, rank, world)
 
     # -- 4. optimizer, accelerate, restored state --------------------------------------------------
@@ -261,6 +263,11 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
         kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
         metrics_path.write_text("".join(ln + "\n" for ln in kept))
     unwrapped = accelerator.unwrap_model(forward).model
+    evaluation = None
+    if cfg.eval_every and accelerator.is_main_process:
+        from .evaluation import TrainingEvaluation
+
+        evaluation = TrainingEvaluation(cfg, vae, image_encoder)
     params = [p for _, p in named]
 
     def state_now() -> dict[str, Any]:
@@ -310,17 +317,19 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
                             signal.Signals(signum).name)
             grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
             optimizer.step()
+            partial.restore()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if ema is not None:
                 ema.update(named)
             losses.append(loss)
             dt = time.perf_counter() - t0
-            if accelerator.is_main_process and (step % cfg.log_every == 0 or step == end or signum):
+            scores = evaluation(unwrapped, ema) if evaluation is not None and evaluation.due(step) else {}
+            if accelerator.is_main_process and (step % cfg.log_every == 0 or step == end or signum or scores):
                 samples = cfg.batch_size * cfg.grad_accum * world
                 record = {"step": step, "loss": loss, "ldm": ldm, "ffg": ffg, "lr": lr, "epoch": epoch,
                           "steps_per_s": 1 / dt, "samples_per_s": samples / dt,
-                          "grad_norm": float(grad_norm) if grad_norm is not None else None}
+                          "grad_norm": float(grad_norm) if grad_norm is not None else None, **scores}
                 log.info("step %d/%d | loss %.4f (ldm %.4f, ffg %.4f) | lr %.2e | %.2f steps/s, %.1f samples/s",
                          step, cfg.max_steps, loss, ldm, ffg, lr, 1 / dt, samples / dt)
                 with open(metrics_path, "a") as fh:

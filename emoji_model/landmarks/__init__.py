@@ -21,7 +21,7 @@ from .extract import (
     extract_video,
     resolve_face_model,
 )
-from .masks import expression_mask, face_masks, face_width, facial_mask
+from .masks import HEAD_OVAL, expression_mask, face_masks, face_width, facial_mask
 from .render import (
     CONTOUR_COLOR,
     PART_COLORS,
@@ -48,7 +48,7 @@ from .track import (
 )
 
 __all__ = [
-    "CONTOUR_COLOR", "EXTRACT_MODES", "LEFT_EYE_APERTURE", "LEFT_IRIS", "NUM_BLENDSHAPES", "NUM_POINTS",
+    "CONTOUR_COLOR", "EXTRACT_MODES", "HEAD_OVAL", "LEFT_EYE_APERTURE", "LEFT_IRIS", "NUM_BLENDSHAPES", "NUM_POINTS",
     "PART_COLORS", "PUPIL_COLOR", "REFERENCE_SIZE", "RIGHT_EYE_APERTURE", "RIGHT_IRIS",
     "Face", "FaceLandmarker", "FaceTrack", "Topology",
     "as_rgb_uint8", "empty_track", "expression_mask", "extract_auto", "extract_controls", "extract_file",
