@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from .constants import KNOWN_MODES, LATENT_SCALE
 from .errors import FYEError, InvalidRequestError
 from .runtime import resolve
 from .sampling import (
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
     from .runtime import StandaloneRuntime
 
 log = logging.getLogger(__name__)
-
-LATENT_SCALE = 0.18215  # SD-1.5 VAE scaling factor: the sampler works on scaled latents
 
 
 def _to_control_tensor(control, device, dtype) -> torch.Tensor:
@@ -157,8 +156,8 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
     has_cover = getattr(model.config, "cover_channels", 0) > 0
     if known_mode == "auto":
         known_mode = "covered" if has_cover else "replace"
-    if known_mode not in ("covered", "replace"):
-        raise InvalidRequestError(f"known_mode must be auto, covered or replace, got {known_mode!r}")
+    if known_mode not in KNOWN_MODES:
+        raise InvalidRequestError(f"known_mode must be one of {KNOWN_MODES}, got {known_mode!r}")
     if known_mode == "covered" and not has_cover:
         raise InvalidRequestError("this checkpoint has no covered-latent input channels; use known_mode 'replace'")
     keys = keyframe_indices(num, stride)

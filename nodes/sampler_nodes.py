@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from emoji_model.constants import FUSIONS, KNOWN_MODES, LATENT_SCALE, SCHEDULER_NAMES
+
 from .host import get_runtime
 
 log = logging.getLogger("emoji_model.nodes")
 
 CATEGORY = "FollowYourEmoji"
-SCHEDULER_NAMES = ["ddim", "dpmpp_2m", "euler", "euler_ancestral", "unipc", "ddpm"]  # emoji_model.sampling
 DECODE_CHUNK = 8
 
 
@@ -22,12 +23,12 @@ def _sampler_inputs() -> dict:
         "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
                           "tooltip": "classifier-free guidance on the reference image prompt (1 = off)"}),
         "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
-        "scheduler": (SCHEDULER_NAMES, {"default": "ddim"}),
+        "scheduler": (list(SCHEDULER_NAMES), {"default": "ddim"}),
         "window": ("INT", {"default": 16, "min": 1, "max": 32,
                            "tooltip": "frames per temporal window (at most the model's position encoding, 32 "
                                       "for the released weights); longer tracks use overlapping windows"}),
         "overlap": ("INT", {"default": 4, "min": 0, "max": 31, "tooltip": "frames shared by neighbouring windows"}),
-        "fusion": (["pyramid", "flat"], {"default": "pyramid",
+        "fusion": (list(FUSIONS), {"default": "pyramid",
                                          "tooltip": "how overlapping windows' predictions are blended"}),
     }
 
@@ -36,7 +37,7 @@ def _outputs(samples, vae, frames: int, size_hw, runtime):
     """(LATENT, IMAGE): raw latents for the host's VAE Decode and, with a VAE, the decoded frames."""
     import torch
 
-    from emoji_model.pipeline import LATENT_SCALE, decode_frames
+    from emoji_model.pipeline import decode_frames
 
     latent = {"samples": (samples / LATENT_SCALE).float().cpu()}
     if vae is None:
@@ -106,7 +107,7 @@ class ProgressiveLongVideo(_Sampler):
         inputs = _sampler_inputs()
         inputs["keyframe_stride"] = ("INT", {"default": 0, "min": 0, "max": 31,
                                              "tooltip": "frames between keyframes; 0 = window - 1"})
-        inputs["known_frames"] = (["auto", "covered", "replace"], {
+        inputs["known_frames"] = (list(KNOWN_MODES), {
             "default": "auto", "tooltip": "how stage 2 is given its keyframes: auto picks covered-latent "
                                           "input when the checkpoint has those channels"})
         return {"required": inputs,

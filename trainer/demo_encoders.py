@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from emoji_model.constants import LATENT_SCALE
+
 log = logging.getLogger("emoji_model.trainer.demo")
 
 DEMO_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
                 up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[32, 32, 64, 64], layers_per_block=1,
-                latent_channels=4, norm_num_groups=32, sample_size=64, scaling_factor=0.18215)
+                latent_channels=4, norm_num_groups=32, sample_size=64, scaling_factor=LATENT_SCALE)
 DEMO_CLIP = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32,
                  patch_size=8, projection_dim=16, hidden_act="quick_gelu")
 LFW_TRAIN = range(0, 80)

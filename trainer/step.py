@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from einops import rearrange
 from torch import nn
 
+from emoji_model.constants import LATENT_SCALE
 from emoji_model.errors import InvalidRequestError, MissingModelError
 from emoji_model.networks import FollowYourEmoji
 
@@ -186,7 +186,7 @@ class FrozenEncoders:
         from emoji_model.reference import clip_encoder_from_transformers
 
         self.vae = vae
-        self.factor = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self.factor = float(getattr(vae.config, "scaling_factor", LATENT_SCALE))
         self.clip = clip_encoder_from_transformers(image_encoder)
         self.chunk = chunk
 
