@@ -507,28 +507,45 @@ def test_sigterm_saves_a_checkpoint_and_the_run_continues_from_it(workspace, one
     assert result.step == step + 2 and len(result.losses) == 2
 
 
-def test_accelerate_launch_runs_two_processes(workspace):
-    """`accelerate launch --multi_gpu --num_processes 2` on the CPU: two gloo processes, one checkpoint."""
+def test_two_processes_resume_exactly_and_continue_on_one(workspace):
+    """trainer/configs/accelerate/multi_gpu.yaml with 2 processes (gloo on the CPU), COAP: a run stopped at
+    step 2 and resumed repeats the uninterrupted one; its checkpoint then continues in a single process."""
     from emoji_model.checkpoints import load_model
     from trainer.config import dump_yaml
 
     accelerate = Path(sys.executable).parent / "accelerate"
-    if not accelerate.is_file():
-        pytest.skip("no accelerate launcher beside this Python")
-    cfg = _config(workspace, "ddp", max_steps=2)
-    path = workspace["root"] / "ddp.yaml"
-    path.write_text(dump_yaml(cfg))
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           "-m", "trainer", "train", "--config", str(path)]
-    out = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    ckpt = Path(cfg.run_dir) / "checkpoints" / "step_00000002"
+    assert accelerate.is_file(), "accelerate's launcher is installed with the pack"
+
+    def launch(run: str, *extra: str) -> Path:
+        cfg = _config(workspace, run, max_steps=4, optimizer="coap", coap_update_interval=2, coap_reproject_factor=2)
+        path = workspace["root"] / f"{run}.yaml"
+        path.write_text(dump_yaml(cfg))
+        cmd = [str(accelerate), "launch", "--config_file", str(REPO / "trainer/configs/accelerate/multi_gpu.yaml"),
+               "--num_processes", "2", "--main_process_port", "29517", "-m", "trainer", "train", "--config",
+               str(path), *extra]
+        out = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return Path(cfg.run_dir)
+
+    whole = launch("ddp-whole")
+    parts = launch("ddp-parts", "--stop-at", "2")
+    assert max(_metrics(parts)) == 2
+    launch("ddp-parts")
+    a, b = _metrics(whole), _metrics(parts)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    np.testing.assert_allclose([b[k]["loss"] for k in a], [a[k]["loss"] for k in a], rtol=0, atol=1e-5)
+    ckpt = parts / "checkpoints" / "step_00000004"
     state = json.loads((ckpt / "state.json").read_text())
-    assert state["processes"] == 2 and state["position"] == 4  # two global batches per step
+    assert state["processes"] == 2 and state["position"] == 8  # two global batches per step
     assert (ckpt / "rng_0.pt").is_file() and (ckpt / "rng_1.pt").is_file()
-    model = load_model(ckpt / "model.safetensors")
-    assert model.config.cover_channels == 5
+    assert load_model(ckpt / "model.safetensors").config.cover_channels == 5
+
+    from trainer.train import train
+
+    one = train(_config(workspace, "ddp-parts", max_steps=5, optimizer="coap"))
+    assert one.step == 5 and len(one.losses) == 1 and math.isfinite(one.losses[0])
+    state = json.loads((one.checkpoint / "state.json").read_text())
+    assert state["processes"] == 1 and state["position"] == 9  # the data order went on from batch 8
 
 
 def test_export_loads_with_the_pack_loader_and_samples(workspace, overfit_run):
