@@ -482,6 +482,11 @@ _LIP_CHAINS = {
 }
 REFERENCE_SIZE = 512
 """Resolution at which the research renders used 1-pixel lines and 6-pixel pupil squares."""
+# The released code's head polygon for the facial mask of L_FFG (media_pipe/draw_util.py, draw_mask):
+# 26 points of the face oval from temple to temple around the chin, without the forehead arc, so the
+# mask covers the face the landmarks describe rather than the forehead and hairline.
+HEAD_OVAL = (21, 162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397,
+             288, 361, 323, 454, 356, 389)
 
 
 @dataclass(frozen=True)
@@ -650,12 +655,12 @@ def expression_mask(points: np.ndarray, size: tuple[int, int], radius_fraction: 
 
 
 def facial_mask(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """bool [H, W]: the filled face-contour polygon."""
+    """bool [H, W]: the filled head polygon of the released code (HEAD_OVAL)."""
     import cv2
 
     w, h = int(size[0]), int(size[1])
     mask = np.zeros((h, w), dtype=np.uint8)
-    polygon = np.round(np.asarray(points)[topology().face_oval, :2] * np.array([w, h])).astype(np.int32)
+    polygon = np.round(np.asarray(points)[list(HEAD_OVAL), :2] * np.array([w, h])).astype(np.int32)
     cv2.fillPoly(mask, [polygon], 1)
     return mask.astype(bool)
 

@@ -10,6 +10,7 @@ import pytest
 
 from emoji_model import InvalidRequestError, NoFaceDetectedError, VideoReadError
 from emoji_model.landmarks import (
+    HEAD_OVAL,
     CONTOUR_COLOR,
     LEFT_IRIS,
     PART_COLORS,
@@ -290,10 +291,14 @@ def test_masks_cover_the_face_and_not_the_background():
     facial = facial_mask(points, size)
     expression = expression_mask(points, size)
     px = track.pixels()[0]
-    polygon = px[topology().face_oval]
+    polygon = px[list(HEAD_OVAL)]  # the released head polygon: temple to temple around the chin
     x, y = polygon[:, 0], polygon[:, 1]
     area = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))  # shoelace
     assert facial.sum() == pytest.approx(area, rel=0.03)
+    # No forehead: the top of the face oval (point 10) and the points just below it stay outside.
+    for forehead in (10, 151):
+        x, y = px[forehead].astype(int)
+        assert not facial[y, x], forehead
     for landmark in (1, 13, 159, 386, RIGHT_IRIS[0], LEFT_IRIS[0]):  # nose, lips, lids, pupils
         x, y = px[landmark].astype(int)
         assert facial[y, x] and (landmark == 1 or expression[y, x]), landmark

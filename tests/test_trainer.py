@@ -236,10 +236,95 @@ def test_covering_frequencies_follow_the_paper():
     # the independent scheme makes the middle frames independent given it: P(two given middle frames
     # both covered) = 0.5 + 0.5 * 0.25
     assert abs((covered[:, 3] * covered[:, 9]).mean().item() - 0.625) < tol
-    single = sample_covering(n, 1, torch.Generator().manual_seed(1)).float().mean().item()
-    assert abs(single - 0.25) < tol  # one frame: first == last, covered only by the independent draw
+    # Samples of one or two frames have no keyframe/gap structure: always wholly covered, never handed
+    # their own target.
+    for frames in (1, 2):
+        assert sample_covering(n, frames, torch.Generator().manual_seed(1)).all()
     again = sample_covering(n, f, torch.Generator().manual_seed(0)).float()
     assert torch.equal(covered, again)
+
+
+def test_stage_one_never_sees_its_target_and_never_trains_the_covered_inputs(workspace, one_thread):
+    """No stage-1 batch carries an uncovered target latent; after training, zeroing the covered input changes nothing."""
+    from emoji_model.checkpoints import load_clip_vision, load_model, load_vae
+    from trainer.data import ClipDataset, EpochBatches, batch_stream
+    from trainer.objectives import make_noise_scheduler
+    from trainer.step import FrozenEncoders, TrainingForward, training_losses
+    from trainer.train import train
+
+    cfg = _config(workspace, "no_shortcut", max_steps=3, batch_size=4, weight_decay=0.1)
+    seen = []
+
+    class Recording(TrainingForward):
+        zero = False
+
+        def forward(self, noisy, t, clip_tokens, ref_latent, control, covered=None, cover_mask=None, bank_mask=None):
+            seen.append((covered.clone(), cover_mask.clone()))
+            if self.zero:
+                covered, cover_mask = torch.zeros_like(covered), torch.zeros_like(cover_mask)
+            return super().forward(noisy, t, clip_tokens, ref_latent, control, covered, cover_mask, bank_mask)
+
+    result = train(cfg)
+    trained = load_model(result.checkpoint / "model.safetensors")
+    w = trained.unet.conv_in.weight
+    assert not w[:, 4:].any() and w[:, :4].abs().sum() > 0  # the covered slice stayed at its zero start
+    encoders = FrozenEncoders(load_vae(cfg.vae), load_clip_vision(cfg.image_encoder))
+    ds = ClipDataset(cfg.dataset, frames=1, seed=0)
+    sched = make_noise_scheduler(trained.config.scheduler)
+    for _, (_, _, batch) in zip(range(8), batch_stream(ds, EpochBatches(len(ds), 4, seed=0), 0, 0)):
+        losses = []
+        for zero in (False, True):
+            forward = Recording(trained, temporal=False)
+            forward.zero = zero
+            with torch.no_grad():
+                out = training_losses(forward, encoders, batch, sched, torch.Generator().manual_seed(3), cfg,
+                                      covering=True)
+            losses.append(out["loss"].item())
+        covered, mask = seen[-2]
+        assert not covered.any() and bool((mask == 1).all())  # every target latent covered: nothing to copy
+        assert losses[0] == losses[1]
+
+
+def test_stage_two_trains_only_the_covered_slice_of_conv_in(workspace, one_thread):
+    """Weight decay and GaLore would move conv_in's latent channels and bias: they stay bit-exact."""
+    from emoji_model.checkpoints import load_model, read_state_dict
+    from trainer.train import train
+
+    first = train(_config(workspace, "slice_s1", max_steps=2))
+    init = workspace["root"] / "slice_s1.safetensors"
+    from trainer.export import export_checkpoint
+
+    export_checkpoint(Path(first.checkpoint).parent.parent, init)
+    before = read_state_dict(init)
+    cfg = _config(workspace, "slice_s2", stage=2, frames=4, max_steps=3, weight_decay=0.5, optimizer="galore",
+                  galore_rank=2, galore_update_every=1, model_overrides={}, init_checkpoint=str(init))
+    after = load_model(train(cfg).checkpoint / "model.safetensors").state_dict()
+    w0, w1 = before["unet.conv_in.weight"], after["unet.conv_in.weight"]
+    assert torch.equal(w1[:, :4], w0[:, :4]) and torch.equal(after["unet.conv_in.bias"], before["unet.conv_in.bias"])
+    assert not torch.equal(w1[:, 4:], w0[:, 4:])  # the covered-latent inputs learn
+    spatial = [k for k in before if k.startswith("unet.") and ".motion_modules." not in k and "conv_in" not in k]
+    assert all(torch.equal(before[k], after[k]) for k in spatial)
+    motion = [k for k in before if ".motion_modules." in k and k.endswith("proj_out.weight")]
+    assert any(not torch.equal(before[k], after[k]) for k in motion)
+
+
+def test_known_frames_can_be_left_out_of_the_loss():
+    from trainer.objectives import diffusion_losses
+
+    gen = torch.Generator().manual_seed(0)
+    shape = (2, 4, 3, 2, 2)
+    v, v_hat, z, x = (torch.randn(shape, generator=gen) for _ in range(4))
+    masks = torch.ones(2, 2, 3, 2, 2)
+    t = torch.tensor([10, 500])
+    acp = torch.linspace(0.99, 0.01, 1000)
+    covered = torch.tensor([[False, True, False], [True, True, False]])
+    full = diffusion_losses(v_hat, v, z, x, t, masks, acp)
+    part = diffusion_losses(v_hat, v, z, x, t, masks, acp, frame_weight=covered)
+    err = (v_hat - v).square()
+    expected = (err[0, :, 1].sum() + err[1, :, 0].sum() + err[1, :, 1].sum()) / (3 * 4 * 2 * 2)
+    assert part["ldm"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert full["ldm"].item() == pytest.approx(err.mean().item(), rel=1e-6)
+    assert part["ffg"].item() != pytest.approx(full["ffg"].item())
 
 
 def test_cover_inputs_zero_the_covered_frames():
@@ -410,9 +495,21 @@ def test_starting_weights_from_sd_and_animatediff_files_and_trainable_groups(tmp
     stage1 = {n for n, _ in set_trainable(model, tc.trainable_groups(5))}
     assert stage1 and not any(".motion_modules." in n for n in stage1)
     assert any(n.startswith("appearance.") for n in stage1) and any(n.startswith("guider.") for n in stage1)
+    assert "unet.conv_in.weight" in stage1 and "unet.conv_in.bias" in stage1
     stage2 = {n for n, _ in set_trainable(model, tc.replace(stage=2).trainable_groups(5))}
-    assert stage2 == {n for n, _ in model.named_parameters() if ".motion_modules." in n or n.startswith("unet.conv_in.")}
+    # Stage 2: the temporal layers and conv_in's kernel (only its covered-input slice, see below); not its bias.
+    assert stage2 == {n for n, _ in model.named_parameters() if ".motion_modules." in n or n == "unet.conv_in.weight"}
     assert all(p.requires_grad == (n in stage2) for n, p in model.named_parameters())
+
+    from trainer.step import trainable_elements
+
+    one = trainable_elements(model, tc.trainable_groups(5))["unet.conv_in.weight"]
+    two = trainable_elements(model, tc.replace(stage=2).trainable_groups(5))["unet.conv_in.weight"]
+    assert one[:, :4].all() and not one[:, 4:].any()  # stage 1: the latent channels only
+    assert two[:, 4:].all() and not two[:, :4].any()  # stage 2: the covered-latent inputs only
+    assert trainable_elements(model, ["unet_conv_in"])["unet.conv_in.weight"] is None  # all of it
+    no_cover = random_model(cfg, seed=1)
+    assert "unet.conv_in.weight" not in trainable_elements(no_cover, tc.replace(stage=2).trainable_groups(0))
 
 
 # -------------------------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("no", "fp16", "bf16")
 FFG_SPACES = ("latent", "v")
 MASK_DOWNSAMPLING = ("max", "area")
-TRAINABLE_GROUPS = ("appearance", "unet_spatial", "unet_temporal", "unet_conv_in", "guider", "image_prompt")
+TRAINABLE_GROUPS = ("appearance", "unet_spatial", "unet_temporal", "unet_conv_in", "unet_cover_in", "guider",
+                    "image_prompt")
 
 # Keys a resumed run may change without changing what the run computes (its length, its bookkeeping).
 RESUME_MUTABLE = ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "tensorboard",
-                  "resume", "run_dir")
+                  "resume", "run_dir", "eval_every", "eval_dataset", "eval_clips", "eval_frames", "eval_steps")
 
 
 @dataclass
@@ -48,6 +49,9 @@ class TrainConfig:
     image_encoder: str | None = None      # CLIP vision encoder (sd-image-variations image_encoder/), frozen
     vae: str | None = None                # SD VAE (sd-vae-ft-mse), frozen
     trainable: list[str] | None = None    # parameter groups to train; null = the stage's default (see below)
+    # Groups: appearance, unet_spatial (conv_in's latent channels but not its covered-latent inputs),
+    # unet_temporal, unet_cover_in (only conv_in's covered-latent input channels), unet_conv_in (all of
+    # conv_in), guider, image_prompt.
 
     # -- data ------------------------------------------------------------------------------------
     dataset: str | None = None            # a folder written by `python -m trainer prepare`
@@ -94,6 +98,25 @@ class TrainConfig:
     cfg_drop: float = 0.1                 # P(drop the reference: zeroed CLIP tokens) for classifier-free guidance
     cfg_drop_bank: bool = True            # a dropped reference also drops the appearance bank (released uncond branch)
     latent_sample: bool = True            # sample the VAE posterior for targets (else its mean)
+    # Frames given uncovered (known) count in the stage-2 loss: the sampler evolves their noisy latents
+    # beside the unknown frames, which attend to them, so they are trained to stay put (a cheap target).
+    loss_known_frames: bool = True
+
+    # -- paired augmentation (trainer/augment.py): one draw changes a sample's reference and target alike -
+    augment_appearance: float = 0.0       # P(a new look: colour, grey, tint, stylisation, cartoon, sketch)
+    augment_background: float = 0.0       # P(a new background outside the head, from scikit-image's samples)
+    augment_flip: float = 0.0             # P(the mirror image, landmarks relabelled)
+    augment_warp: float = 0.0             # P(a synthetic head motion) for video clips; still portraits always move
+    augment_rotation: float = 12.0        # largest rotation of a synthetic motion, degrees
+    augment_scale: float = 0.12           # largest relative zoom
+    augment_shift: float = 0.08           # largest shift, as a share of the side
+
+    # -- evaluation during training (emoji_model.evaluate, the `evaluate` command's metrics) ----------
+    eval_every: int = 0                   # optimizer steps between evaluations; 0 = off
+    eval_dataset: str | None = None       # a prepared dataset of held-out clips (frame 0 is the reference)
+    eval_clips: int = 1                   # how many of its clips
+    eval_frames: int = 8                  # frames generated per clip
+    eval_steps: int = 10                  # sampling steps of the evaluation (DDIM, the model's schedule)
 
     # -- checkpoints and logging -------------------------------------------------------------------
     checkpoint_every: int = 500           # optimizer steps between checkpoints (one is also written at the end)
@@ -113,15 +136,24 @@ class TrainConfig:
     def trainable_groups(self, cover_channels: int) -> list[str]:
         """Parameter groups trained: the configured ones, or the stage's defaults.
 
-        Stage 1 trains the appearance net, the UNet's spatial layers, the guider and the image prompt;
-        stage 2 the temporal layers, plus conv_in when the model has covered-latent inputs (only clips
-        teach what the covered frames mean, and conv_in is where they enter).
+        Stage 1 trains the appearance net, the UNet's spatial layers (not conv_in's covered-latent inputs:
+        single frames are always fully covered), the guider and the image prompt; stage 2 the temporal
+        layers (paper 5.1), plus conv_in's covered-latent input channels when the model has them (only
+        clips teach what the covered frames mean) — not its latent channels nor its bias.
         """
         if self.trainable is not None:
             return list(self.trainable)
         if self.stage == 1:
             return ["appearance", "unet_spatial", "guider", "image_prompt"]
-        return ["unet_temporal"] + (["unet_conv_in"] if cover_channels and self.cover else [])
+        return ["unet_temporal"] + (["unet_cover_in"] if cover_channels and self.cover else [])
+
+    def augment_options(self):
+        """The paired augmentations as trainer.augment.AugmentOptions."""
+        from .augment import AugmentOptions
+
+        return AugmentOptions(appearance=self.augment_appearance, background=self.augment_background,
+                              flip=self.augment_flip, warp=self.augment_warp, rotation=self.augment_rotation,
+                              scale=self.augment_scale, shift=self.augment_shift)
 
     # -- validation and IO -------------------------------------------------------------------------
     def validate(self) -> None:
@@ -165,6 +197,14 @@ class TrainConfig:
                 p.append(f"{name} is required")
         if self.resume not in ("auto", "never") and not Path(self.resume).exists():
             p.append(f"resume must be 'auto', 'never' or an existing checkpoint folder, got {self.resume!r}")
+        try:
+            self.augment_options().validate()
+        except InvalidRequestError as exc:
+            p.append(str(exc))
+        if self.eval_every < 0 or self.eval_clips < 1 or self.eval_frames < 1 or self.eval_steps < 1:
+            p.append("eval_every must be >= 0 and eval_clips, eval_frames, eval_steps at least 1")
+        if self.eval_every and not self.eval_dataset:
+            p.append("eval_every needs eval_dataset (a prepared dataset of held-out clips)")
         if self.tensorboard not in ("auto", "true", "false"):
             p.append(f"tensorboard must be 'auto', 'true' or 'false', got {self.tensorboard!r}")
         if p:

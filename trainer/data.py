@@ -38,6 +38,7 @@ import numpy as np
 
 from emoji_model.errors import InvalidRequestError, NoFaceDetectedError, VideoReadError
 from emoji_model.fileio import atomic_path
+from emoji_model.video import is_image_file
 
 log = logging.getLogger("emoji_model.trainer.data")
 
@@ -187,12 +188,15 @@ def _file_key(path: Path) -> dict[str, int]:
 
 
 def find_videos(root: Path) -> list[Path]:
-    """Video files under ``root`` (recursively, by suffix), sorted."""
+    """Video files and still portraits under ``root`` (recursively, by suffix), sorted."""
+    from emoji_model.video import IMAGE_SUFFIXES
+
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise InvalidRequestError(f"videos folder '{root}' does not exist")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+    suffixes = VIDEO_SUFFIXES + IMAGE_SUFFIXES
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
                   and not p.name.startswith("."))
 
 
@@ -255,7 +259,8 @@ def prepare_dataset(videos: str | os.PathLike, out: str | os.PathLike, options: 
         run["processed"] += 1
         t0 = time.perf_counter()
         try:
-            clips, dropped, info = _prepare_video(path, rel, out, opts, runtime)
+            prepare_one = _prepare_still if is_image_file(path) else _prepare_video
+            clips, dropped, info = prepare_one(path, rel, out, opts, runtime)
             entry = {"key": key, "status": "done", "reason": None, **info, "clips": len(clips),
                      "clips_dropped": dropped}
             run["clips_written"] += len(clips)
@@ -365,6 +370,26 @@ def _prepare_video(path: Path, rel: str, out: Path, opts: PrepareOptions,
     return entries, dropped, {"frames": n, "fps": fps, "source_fps": source_fps, "size": list(track.size)}
 
 
+def _prepare_still(path: Path, rel: str, out: Path, opts: PrepareOptions,
+                   runtime) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
+    """A still portrait as a one-frame clip (training moves it with synthetic warps, trainer.augment)."""
+    from emoji_model.landmarks import extract_image
+    from emoji_model.video import load_image
+
+    try:
+        image = load_image(path)
+        track = extract_image(image, face_model=opts.face_model, what=f"image '{rel}'", runtime=runtime)
+    except NoFaceDetectedError:
+        raise _Skip("no face found") from None
+    except InvalidRequestError as exc:
+        raise _Skip(f"unreadable: {exc}") from None
+    box = clip_box(track.points, track.size, opts.scale)
+    frames = crop_frame(image, box, opts.size)[None]
+    entry = _write_clip(out, _video_id(rel), rel, 0, slice(0, 1), box, track, frames, [0], 0.0, opts, runtime)
+    entry["still"] = True
+    return [entry], 0, {"frames": 1, "fps": 0.0, "source_fps": 0.0, "size": list(track.size)}
+
+
 def _write_clip(out: Path, vid: str, rel: str, k: int, span: slice, box: tuple[int, int, int], track,
                 frames: np.ndarray, source_frames: list[int], fps: float, opts: PrepareOptions,
                 runtime) -> dict[str, Any]:
@@ -407,15 +432,20 @@ def downsample_mask(mask: np.ndarray, factor: int = 8, mode: str = "max") -> np.
 class ClipDataset:
     """Training samples from a prepared dataset (a map-style torch Dataset).
 
-    Item ``epoch·N + i`` is window ``i`` (``frames`` consecutive frames of one clip; every clip is cut
-    into ``clip_length // frames`` windows) with a reference frame drawn from the same clip by a
-    generator seeded with (seed, epoch, i) — so an item is the same in any process, worker or resumed
-    run. A sample holds ``pixels`` [3,F,S,S] in -1..1, ``reference`` [3,S,S] in 0..1, ``control``
-    [3,F,S,S] in 0..1 and ``masks`` [2,F,S/8,S/8] (expression, facial) on the latent grid.
+    Item ``epoch·N + i`` is window ``i``: ``frames`` consecutive frames of one clip (every video clip is
+    cut into ``clip_length // frames`` windows; a still portrait is one window of its single frame
+    repeated) with a reference frame drawn from the same clip, by a generator seeded with
+    (seed, epoch, i) — so an item is the same in any process, worker or resumed run. With ``augment``
+    one draw of :mod:`trainer.augment` changes the reference and the window alike; stills always get a
+    synthetic head motion, so their reference is never the target itself. A sample holds ``pixels``
+    [3,F,S,S] in -1..1, ``reference`` [3,S,S] in 0..1, ``control`` [3,F,S,S] in 0..1 and ``masks``
+    [2,F,S/8,S/8] (expression, facial) on the latent grid.
     """
 
     def __init__(self, root: str | os.PathLike, frames: int, seed: int = 0, max_clips: int | None = None,
-                 mask_downsample: str = "max"):
+                 mask_downsample: str = "max", augment=None):
+        from .augment import AugmentOptions
+
         self.root = Path(root)
         index = load_index(self.root)
         self.clip_length = int(index["clip_length"])
@@ -426,32 +456,63 @@ class ClipDataset:
         if frames > self.clip_length:
             raise InvalidRequestError(f"{frames} frames per sample exceed the dataset's clips of {self.clip_length}")
         self.frames = int(frames)
-        self.windows = self.clip_length // self.frames
+        self.augment = augment or AugmentOptions()
+        self.augment.validate()
+        windows = self.clip_length // self.frames
+        # (clip, first frame, still) of every item of an epoch
+        self.items = [(c, 0 if clip.get("still") else w * self.frames, bool(clip.get("still")))
+                      for c, clip in enumerate(self.clips) for w in range(1 if clip.get("still") else windows)]
+        if any(still for *_, still in self.items) and not (self.augment.rotation or self.augment.scale or
+                                                          self.augment.shift):
+            raise InvalidRequestError("the dataset has still portraits, which train only with synthetic head "
+                                      "motion: set a non-zero augment_rotation, augment_scale or augment_shift")
         self.seed = int(seed)
         self.mask_downsample = mask_downsample
 
     def __len__(self) -> int:
         """Items per epoch."""
-        return len(self.clips) * self.windows
+        return len(self.items)
 
     def __getitem__(self, item: int) -> dict[str, Any]:
         import torch
 
+        from .augment import apply_plan, draw_plan
+
         epoch, i = divmod(int(item), len(self))
-        clip = self.clips[i // self.windows]
-        start = (i % self.windows) * self.frames
+        c, start, still = self.items[i]
         rng = np.random.default_rng([self.seed, epoch, i])
-        window = np.arange(start, start + self.frames)
-        others = np.setdiff1d(np.arange(self.clip_length), window)
+        length = 1 if still else self.clip_length
+        window = np.arange(start, start + self.frames) if not still else np.zeros(self.frames, dtype=np.int64)
+        others = np.setdiff1d(np.arange(length), window)
         ref = int(rng.choice(others if len(others) else window))
-        data = read_shard(self.root / clip["shard"])
-        pixels = torch.from_numpy(data["frames"][window]).permute(3, 0, 1, 2).float() / 127.5 - 1  # f h w c -> c f h w
-        reference = torch.from_numpy(data["frames"][ref]).permute(2, 0, 1).float() / 255.0
-        control = torch.from_numpy(data["controls"][window]).permute(3, 0, 1, 2).float() / 255.0
-        masks = np.stack([downsample_mask(data["expression"][window], 8, self.mask_downsample),
-                          downsample_mask(data["facial"][window], 8, self.mask_downsample)])
+        plan = draw_plan(rng, self.augment, still=still)
+        data = read_shard(self.root / self.clips[c]["shard"])
+        frames, ref_image = data["frames"][window], data["frames"][ref]
+        controls, expression, facial = data["controls"][window], data["expression"][window], data["facial"][window]
+        if plan.looks or plan.background or plan.flip or plan.ref_warp:
+            frames, points, ref_image, _ = apply_plan(plan, frames, data["points"][window], ref_image,
+                                                      data["points"][ref])
+            if plan.flip or plan.ref_warp:  # the geometry moved: draw the controls and masks again
+                controls, expression, facial = _redraw(points, self.size)
+        pixels = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1  # f h w c -> c f h w
+        reference = torch.from_numpy(ref_image).permute(2, 0, 1).float() / 255.0
+        control = torch.from_numpy(np.ascontiguousarray(controls)).permute(3, 0, 1, 2).float() / 255.0
+        masks = np.stack([downsample_mask(expression, 8, self.mask_downsample),
+                          downsample_mask(facial, 8, self.mask_downsample)])
         return {"pixels": pixels, "reference": reference, "control": control, "masks": torch.from_numpy(masks),
                 "item": torch.tensor(int(item))}
+
+
+def _redraw(points: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Controls uint8 [F,S,S,3] and expression / facial masks bool [F,S,S] from landmarks [F,478,3]."""
+    from emoji_model.landmarks import expression_mask, facial_mask, render_frame
+
+    controls = np.zeros((len(points), size, size, 3), dtype=np.uint8)
+    for k, p in enumerate(points):
+        render_frame(p, (size, size), image=controls[k])
+    expression = np.stack([expression_mask(p, (size, size)) for p in points])
+    facial = np.stack([facial_mask(p, (size, size)) for p in points])
+    return controls, expression, facial
 
 
 class EpochBatches:

@@ -23,9 +23,12 @@ PARAM_GROUPS = {
     "unet_spatial": lambda n: n.startswith("unet.") and ".motion_modules." not in n,
     "unet_temporal": lambda n: n.startswith("unet.") and ".motion_modules." in n,
     "unet_conv_in": lambda n: n.startswith("unet.conv_in."),
+    "unet_cover_in": lambda n: n == "unet.conv_in.weight",
     "guider": lambda n: n.startswith("guider."),
     "image_prompt": lambda n: n.startswith("image_prompt."),
 }
+COVER_WEIGHT = "unet.conv_in.weight"
+"""conv_in's kernel [C0, 4 + cover, 3, 3]: input channels 0..3 take x_t, the rest the covered latents and mask."""
 
 
 def resolve_unet_file(path: str | os.PathLike) -> Path:
@@ -76,17 +79,73 @@ def build_model(cfg, checkpoint: Path | None = None) -> FollowYourEmoji:
     return model.float()
 
 
-def set_trainable(model: nn.Module, groups: list[str]) -> list[tuple[str, nn.Parameter]]:
-    """Freeze everything but the parameters of ``groups``; return the trainable (name, parameter) pairs."""
+def trainable_elements(model: FollowYourEmoji, groups: list[str]) -> dict[str, torch.Tensor | None]:
+    """Parameter name → None (wholly trainable) or a bool mask of its trainable elements, for ``groups``.
+
+    conv_in's kernel is split by input channel: ``unet_spatial`` trains its latent channels,
+    ``unet_cover_in`` its covered-latent channels, ``unet_conv_in`` both (a union of groups is a union
+    of elements). Everything not returned is frozen.
+    """
     unknown = [g for g in groups if g not in PARAM_GROUPS]
     if unknown:
         raise InvalidRequestError(f"unknown parameter groups {unknown}; known: {sorted(PARAM_GROUPS)}")
+    latent = model.config.in_channels
+    out: dict[str, torch.Tensor | None] = {}
+    for name, p in model.named_parameters():
+        chosen = {g for g in groups if PARAM_GROUPS[g](name)}
+        if not chosen:
+            continue
+        if name != COVER_WEIGHT or "unet_conv_in" in chosen:
+            out[name] = None
+            continue
+        mask = torch.zeros(p.shape, dtype=torch.bool)  # [C0, in, 3, 3]
+        if "unet_spatial" in chosen:
+            mask[:, :latent] = True
+        if "unet_cover_in" in chosen:
+            mask[:, latent:] = True  # empty without covered-latent inputs
+        if mask.any():
+            out[name] = None if bool(mask.all()) else mask
+    return out
+
+
+def set_trainable(model: nn.Module, groups: list[str]) -> list[tuple[str, nn.Parameter]]:
+    """Freeze everything but the parameters of ``groups``; return the trainable (name, parameter) pairs.
+
+    A parameter only partly in ``groups`` (conv_in's kernel, see :func:`trainable_elements`) is returned
+    too; :class:`PartialFreeze` keeps its other elements fixed.
+    """
+    chosen = trainable_elements(model, groups)
     named = []
     for name, p in model.named_parameters():
-        p.requires_grad_(any(PARAM_GROUPS[g](name) for g in groups))
+        p.requires_grad_(name in chosen)
         if p.requires_grad:
             named.append((name, p))
     return named
+
+
+class PartialFreeze:
+    """Keeps the frozen elements of partly trainable parameters exactly as they are.
+
+    Their gradient is masked (so clipping and the optimizer's moments see only the trained elements) and,
+    after every optimizer step, their values are put back — weight decay, low-rank projections (GaLore,
+    COAP) and momentum would otherwise move them.
+    """
+
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor | None]):
+        params = dict(model.named_parameters())
+        self.parts = []
+        for name, mask in masks.items():
+            if mask is None:
+                continue
+            p = params[name]
+            p.register_hook(lambda g, keep=mask: g * keep.to(g.device, g.dtype))
+            self.parts.append((p, ~mask, p.detach().cpu()[~mask].clone()))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the frozen elements back (call after ``optimizer.step()``); works wherever the model moved."""
+        for p, frozen, values in self.parts:
+            p[frozen.to(p.device)] = values.to(p.device, p.dtype)
 
 
 def _needs_grad(*modules: nn.Module) -> bool:
@@ -153,11 +212,6 @@ class FrozenEncoders:
         return lat.float() * self.factor, self.clip(image).float()
 
 
-def describe_groups(model: nn.Module) -> dict[str, Any]:
-    """Parameter count of every group (for logs and the bench)."""
-    return {g: sum(p.numel() for n, p in model.named_parameters() if test(n)) for g, test in PARAM_GROUPS.items()}
-
-
 def training_losses(forward: nn.Module, encoders: FrozenEncoders, batch: dict[str, torch.Tensor], noise_scheduler,
                     noise: torch.Generator, cfg, covering: bool) -> dict[str, torch.Tensor]:
     """One micro-step's forward and losses (``{"loss", "ldm", "ffg"}``); every draw comes from ``noise``.
@@ -183,5 +237,7 @@ def training_losses(forward: nn.Module, encoders: FrozenEncoders, batch: dict[st
     bank_mask = ~drop if cfg.cfg_drop_bank else None
     covered, cover_mask = cover_inputs(latents, covered_frames) if covering else (None, None)
     pred = forward(noisy, t, clip_tokens, ref_latent, batch["control"], covered, cover_mask, bank_mask)
+    frame_weight = covered_frames if covering and not cfg.loss_known_frames else None
     return diffusion_losses(pred, target, latents, noisy, t, batch["masks"], noise_scheduler.alphas_cumprod,
-                            ldm_weight=cfg.ldm_weight, ffg_weight=cfg.ffg_weight, ffg_space=cfg.ffg_space)
+                            ldm_weight=cfg.ldm_weight, ffg_weight=cfg.ffg_weight, ffg_space=cfg.ffg_space,
+                            frame_weight=frame_weight)

@@ -165,7 +165,8 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
     from .data import ClipDataset, EpochBatches, batch_stream, load_index
     from .objectives import make_noise_scheduler
     from .optim import EMA, build_optimizer, learning_rate
-    from .step import FrozenEncoders, TrainingForward, build_model, set_trainable, training_losses
+    from .step import (FrozenEncoders, PartialFreeze, TrainingForward, build_model, set_trainable, trainable_elements,
+                       training_losses)
 
     # -- 1. config and resume point --------------------------------------------------------------
     resume_from = resolve_resume(cfg)
@@ -197,6 +198,7 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
     model = build_model(cfg, resume_from)
     groups = cfg.trainable_groups(model.config.cover_channels)
     named = set_trainable(model, groups)
+    partial = PartialFreeze(model, trainable_elements(model, groups))  # e.g. conv_in's covered inputs in stage 1
     n_train = sum(p.numel() for _, p in named)
     log.info("stage %d: training %s — %.2fM of %.2fM parameters", cfg.stage, ", ".join(groups), n_train / 1e6,
              sum(p.numel() for p in model.parameters()) / 1e6)
@@ -224,7 +226,7 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
 
         raise InvalidRequestError(f"{frames} frames per sample exceed the temporal layers' {model.max_frames}")
     dataset = ClipDataset(cfg.dataset, frames, seed=cfg.seed, max_clips=cfg.max_clips,
-                          mask_downsample=cfg.mask_downsample)
+                          mask_downsample=cfg.mask_downsample, augment=cfg.augment_options())
     order = EpochBatches(len(dataset), cfg.batch_size, cfg.seed, rank, world)
 
     # -- 4. optimizer, accelerate, restored state --------------------------------------------------
@@ -317,6 +319,7 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
                             signal.Signals(signum).name)
             grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
             optimizer.step()
+            partial.restore()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if ema is not None:
