@@ -82,7 +82,7 @@ class TrainConfig:
     coap_conv_rank_ratio: float = 4.0     # 3x3 convs: Tucker-2 core = kernel / ratio (each channel mode / sqrt(ratio))
     coap_update_interval: int = 32        # steps between correlation-aware updates of the projection (paper's T_u)
     coap_reproject_factor: int = 5        # every N-th update is a randomized-SVD refresh instead (paper: T = T_u x N)
-    coap_scale: float = 1.0               # scale of the projected-back update
+    coap_scale: float = 2.0               # scale of the projected-back update; ~sqrt(rank ratio) gives AdamW's step size
     mixed_precision: str = "no"           # accelerate's mixed precision: "no", "fp16" or "bf16"
     gradient_checkpointing: bool = False  # recompute activations in backward (needed for SD-1.5 on 24 GB)
     ema_decay: float = 0.0                # EMA of the trained parameters; 0 = off (e.g. 0.9999)
