@@ -290,8 +290,6 @@ class COAPAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            eight_bit = group["eight_bit"]
             by_step: dict[int, list] = {}
             for p in group["params"]:
                 if p.grad is None:
