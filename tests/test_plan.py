@@ -78,7 +78,6 @@ def measured_peak(cfg, frames: int, steps: int = 2) -> int:
 def test_plan_matches_counted_allocations_within_15_percent(encoders, case):
     from trainer.plan import estimate
 
-    torch.set_num_threads(1)
     cfg = _cfg(encoders, **case)
     frames = cfg.sample_frames(16)
     plan = estimate(cfg, size=SIZE, device="cpu")
