@@ -282,8 +282,8 @@ class COAPAdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         """One AdamW step; projected as COAP for the parameters of groups with ``project``.
 
-        Projections are per tensor; the Adam arithmetic runs as foreach ops over the tensors of a
-        group that share a step count (one kernel launch per op, not one per tensor).
+        Projections are per tensor; the Adam arithmetic runs in torch's fused AdamW kernel over the
+        tensors of a group that share a step count (8-bit moments: foreach ops around the quantisation).
         """
         loss = None
         if closure is not None:
@@ -299,16 +299,41 @@ class COAPAdamW(torch.optim.Optimizer):
                 state["step"] = state.get("step", 0) + 1
                 by_step.setdefault(state["step"], []).append((p, state, lay, g, shape))
             for step, items in by_step.items():
-                # foreach ops on CUDA (one launch per op); per tensor on the CPU, where they are faster
-                if items[0][0].device.type == "cpu":
-                    for chunk in items:
-                        self._adam([chunk], step, group)
-                else:
+                if group["eight_bit"] or not hasattr(torch, "_fused_adamw_"):
                     self._adam(items, step, group)
+                else:
+                    self._adam_fused(items, step, group)
         return loss
 
+    def _adam_fused(self, items: list, step: int, group: dict) -> None:
+        """The AdamW update in one fused kernel (CPU and CUDA) for fp32 moments.
+
+        Unprojected tensors are stepped in place. Projected ones step a zero stand-in in the projected
+        space with rate 1 and no decay, which leaves minus the Adam direction in it; that is projected
+        back and applied with the group's rate, scale and decoupled decay.
+        """
+        beta1, beta2 = group["betas"]
+        lr, wd = group["lr"], group["weight_decay"]
+        for projected in (False, True):
+            chosen = [it for it in items if (it[2] is not None) == projected]
+            if not chosen:
+                continue
+            targets = [torch.zeros_like(g) if projected else p for p, _, _, g, _ in chosen]
+            avgs = [st.setdefault("exp_avg", torch.zeros_like(g)) for _, st, _, g, _ in chosen]
+            sqs = [st.setdefault("exp_avg_sq", torch.zeros_like(g)) for _, st, _, g, _ in chosen]
+            steps = [torch.tensor(float(step), device=g.device) for _, _, _, g, _ in chosen]
+            torch._fused_adamw_(targets, [g for _, _, _, g, _ in chosen], avgs, sqs, [], steps,
+                                lr=1.0 if projected else lr, beta1=beta1, beta2=beta2,
+                                weight_decay=0.0 if projected else wd, eps=group["eps"], amsgrad=False,
+                                maximize=False)
+            if projected:
+                for (p, st, lay, _, _), neg in zip(chosen, targets):
+                    if wd:
+                        p.mul_(1 - lr * wd)
+                    p.add_(self._up(lay, st, neg).to(p.dtype), alpha=lr * group["scale"])
+
     def _adam(self, items: list, step: int, group: dict) -> None:
-        """The AdamW update of ``items`` (parameter, state, layout, projected gradient, moment shape)."""
+        """The AdamW update of ``items`` (parameter, state, layout, projected gradient, moment shape), foreach."""
         beta1, beta2 = group["betas"]
         eight_bit = group["eight_bit"]
         grads = [g for _, _, _, g, _ in items]
