@@ -60,6 +60,13 @@ MODEL_KINDS: dict[str, ModelKind] = {
     ),
     "vae": ModelKind("vae", "stabilityai/sd-vae-ft-mse (diffusion_pytorch_model.safetensors)."),
     "animatediff_models": ModelKind("animatediff_models", "AnimateDiff motion modules, e.g. mm_sd_v15_v2.ckpt."),
+    "metrics": ModelKind(
+        "metrics",
+        "the networks of the `evaluate` metrics: torchvision's AlexNet weights alexnet-owt-7be5be79.pth and "
+        "the lpips package's weights/v0.1/alex.pth (saved as lpips_alex.pth) for LPIPS, the TorchScript I3D "
+        "i3d_torchscript.pt for FVD, a face-recognition model (identity.onnx or .pt) for identity.",
+        (".pth", ".pt", ".onnx", ".safetensors"),
+    ),
 }
 
 

@@ -119,13 +119,37 @@ def test_cli_demo_runs_the_whole_chain_with_the_shipped_checkpoint(tmp_path, fac
         code = main(["demo", "--out", str(tmp_path), "--face-model", str(face_task), "--frames", "10",
                      "--steps", "2"])
     assert code == 0
-    assert "pipeline check, not a quality model" in caplog.text
+    assert "bundled 64-pixel model" in caplog.text
     frames, fps = read_video(tmp_path / "demo.mp4")
     assert frames.shape == (10, 512, 4 * 512, 3) and fps == pytest.approx(24)
     generated = frames[:, :, 3 * 512:].astype(np.float32)
     assert generated.std() > 10  # decoded images, not an empty panel
     # The keyed motion blinks at frame 8: the aligned landmarks panel changes between frames 0 and 8.
-    assert np.abs(frames[8, :, 2 * 512:3 * 512].astype(int) - frames[0, :, 2 * 512:3 * 512]).sum() > 0
+    aligned = frames[:, :, 2 * 512:3 * 512].astype(int)
+    assert np.abs(aligned[8] - aligned[0]).sum() > 0
+    # Each frame's landmarks are drawn on a fresh copy of the dimmed reference: nothing piles up.
+    from skimage import data
+
+    dimmed = (data.astronaut().astype(np.float32) * 0.4).astype(np.uint8).astype(int)
+    drawn = [(np.abs(a - dimmed).max(-1) > 40).sum() for a in aligned]
+    assert max(drawn) < 1.3 * min(drawn), drawn
+
+
+def test_cli_demo_animates_the_portrait_it_is_given(tmp_path, face_task, monkeypatch):
+    """--reference: the reference panel is that portrait and the generated panel takes after it."""
+    from PIL import Image
+    from skimage import data
+
+    import emoji_model.runtime as rt
+
+    monkeypatch.setattr(rt, "_default", rt.StandaloneRuntime(device="cpu", models_dir=tmp_path / "models"))
+    portrait = np.ascontiguousarray(data.astronaut()[:, ::-1])  # the mirror image: a portrait the default is not
+    Image.fromarray(portrait).save(tmp_path / "mirror.png")
+    assert main(["demo", "--out", str(tmp_path), "--reference", str(tmp_path / "mirror.png"), "--face-model",
+                 str(face_task), "--frames", "4", "--steps", "2"]) == 0
+    frames, _ = read_video(tmp_path / "demo.mp4")
+    assert frames.shape == (4, 512, 4 * 512, 3)
+    assert np.abs(frames[0, :, :512].astype(int) - portrait).mean() < 6
 
 
 def test_help_lists_the_commands_without_heavy_imports():

@@ -308,6 +308,22 @@ def test_stage_two_trains_only_the_covered_slice_of_conv_in(workspace, one_threa
     assert any(not torch.equal(before[k], after[k]) for k in motion)
 
 
+def test_evaluation_during_training_is_logged_and_changes_nothing(workspace, one_thread):
+    """eval_every logs the evaluate metrics beside the losses; the run trains exactly as without it."""
+    from trainer.train import train
+
+    common = dict(max_steps=4, batch_size=2, ema_decay=0.9)
+    plain = train(_config(workspace, "eval_off", **common))
+    scored = train(_config(workspace, "eval_on", eval_every=2, eval_dataset=str(workspace["data"]), eval_frames=3,
+                           eval_steps=1, **common))
+    assert scored.losses == plain.losses
+    metrics = _metrics(Path(_config(workspace, "eval_on").run_dir))
+    for step in (2, 4):
+        assert 0 < metrics[step]["eval_l1"] < 1 and 0 < metrics[step]["eval_ssim"] < 1
+        assert metrics[step]["eval_psnr"] > 0 and "eval_face_found" in metrics[step]
+    assert "eval_l1" not in metrics[1] and "eval_l1" not in metrics[3]
+
+
 def test_known_frames_can_be_left_out_of_the_loss():
     from trainer.objectives import diffusion_losses
 

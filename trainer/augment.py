@@ -34,7 +34,7 @@ APPEARANCE_LOOKS = ("colour", "grey", "tint", "stylise", "cartoon", "sketch")
 # scikit-image's sample images used as backgrounds (the astronaut and the cameraman are kept out of
 # training: they are evaluation portraits).
 BACKGROUND_IMAGES = ("coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-                     "motorcycle_left", "brick", "grass", "gravel", "coins", "moon", "page", "horse")
+                     "clock", "brick", "grass", "gravel", "coins", "moon", "page", "horse")
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,8 @@ def background_image(index: int) -> np.ndarray:
     from skimage import data
 
     image = getattr(data, BACKGROUND_IMAGES[index])()
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
     return np.ascontiguousarray(image[..., :3]).astype(np.uint8)

@@ -63,6 +63,23 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, *, ema: bo
     out = Path(out)
     meta = {"fye_trained_steps": str(state["step"]), "fye_stage": str(state.get("stage", "")),
             "fye_ema": "1" if ema else "0"}
+    resolution = _training_size(state.get("train_config", {}).get("dataset"))
+    if resolution:
+        meta["fye_resolution"] = str(resolution)  # the size `evaluate` and the demo generate at by default
     save_model(model, out, dtype=dtype, extra_metadata=meta)  # written atomically
     log.info("step %d of %s%s", state["step"], ckpt, " (EMA)" if ema else "")
     return out
+
+
+def _training_size(dataset: str | None) -> int | None:
+    """The side of the training clips, from the run's dataset index (None when it is not at hand)."""
+    from emoji_model.errors import InvalidRequestError
+
+    from .data import load_index
+
+    if not dataset:
+        return None
+    try:
+        return int(load_index(dataset)["size"])
+    except (InvalidRequestError, OSError, KeyError, ValueError):
+        return None

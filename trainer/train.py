@@ -270,6 +270,11 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
         kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
         metrics_path.write_text("".join(ln + "\n" for ln in kept))
     unwrapped = accelerator.unwrap_model(forward).model
+    evaluation = None
+    if cfg.eval_every and accelerator.is_main_process:
+        from .evaluation import TrainingEvaluation
+
+        evaluation = TrainingEvaluation(cfg, vae, image_encoder)
     params = [p for _, p in named]
 
     def state_now() -> dict[str, Any]:
@@ -326,11 +331,12 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
                 ema.update(named)
             losses.append(loss)
             dt = time.perf_counter() - t0
-            if accelerator.is_main_process and (step % cfg.log_every == 0 or step == end or signum):
+            scores = evaluation(unwrapped, ema) if evaluation is not None and evaluation.due(step) else {}
+            if accelerator.is_main_process and (step % cfg.log_every == 0 or step == end or signum or scores):
                 samples = cfg.batch_size * cfg.grad_accum * world
                 record = {"step": step, "loss": loss, "ldm": ldm, "ffg": ffg, "lr": lr, "epoch": epoch,
                           "steps_per_s": 1 / dt, "samples_per_s": samples / dt,
-                          "grad_norm": float(grad_norm) if grad_norm is not None else None}
+                          "grad_norm": float(grad_norm) if grad_norm is not None else None, **scores}
                 log.info("step %d/%d | loss %.4f (ldm %.4f, ffg %.4f) | lr %.2e | %.2f steps/s, %.1f samples/s",
                          step, cfg.max_steps, loss, ldm, ffg, lr, 1 / dt, samples / dt)
                 with open(metrics_path, "a") as fh:

@@ -26,7 +26,9 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=16, help="frames per temporal window (default 16)")
     parser.add_argument("--overlap", type=int, default=4, help="frames shared by neighbouring windows")
     parser.add_argument("--fusion", default="pyramid", choices=["pyramid", "flat"])
-    parser.add_argument("--size", type=int, default=512, help="square output size in pixels (multiple of 8)")
+    parser.add_argument("--size", type=int, default=0,
+                        help="square output size in pixels, a multiple of 8 (default: the size the checkpoint "
+                             "was trained at, 512 when it does not say)")
     parser.add_argument("--long", action="store_true",
                         help="progressive long-video strategy: keyframes first, then the gaps between them")
     parser.add_argument("--keyframe-stride", type=int, default=0, help="frames between keyframes (0: window-1)")
@@ -37,8 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `animate`."""
     parser.add_argument("--reference", required=True, help="the portrait to animate (an image)")
     parser.add_argument("--driving", required=True, help="driving motion: a video or a face track .npz")
-    parser.add_argument("--weights", required=True,
-                        help="Follow-Your-Emoji weights: our .safetensors, or the released files' folder")
+    parser.add_argument("--weights", default=None,
+                        help="Follow-Your-Emoji weights: our .safetensors, or the released files' folder "
+                             "(default: the bundled 64-pixel model, with its own VAE and image encoder)")
     parser.add_argument("--vae", default="sd-vae-ft-mse",
                         help="VAE folder or file (a name is looked up in models/vae)")
     parser.add_argument("--image-encoder", default="image_encoder",
@@ -59,15 +62,22 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def load_networks(args: argparse.Namespace, runtime):
-    """The model, VAE and image encoder named on the command line, on the runtime's device."""
-    from ..checkpoints import load_clip_vision, load_model, load_vae
+    """(model, VAE, image encoder, device, dtype, trained size) named on the command line, or the bundled model."""
+    from ..bundled import BUNDLED_NOTICE, BUNDLED_SIZE, is_bundled, load_bundled
+    from ..checkpoints import load_clip_vision, load_model, load_vae, read_metadata
 
     device = runtime.torch_device()
+    weights = runtime.find_model("follow_your_emoji", args.weights) if args.weights else None
+    if weights is None or is_bundled(weights):
+        log.info("running on %s", BUNDLED_NOTICE)
+        model, vae, encoder = load_bundled(device=device)
+        return model, vae, encoder, device, model.dtype, BUNDLED_SIZE
     dtype = runtime.choose_dtype(args.dtype)
-    model = load_model(runtime.find_model("follow_your_emoji", args.weights), device=device, dtype=dtype)
+    model = load_model(weights, device=device, dtype=dtype)
     vae = load_vae(runtime.find_model("vae", args.vae), device=device, dtype=dtype)
     encoder = load_clip_vision(runtime.find_model("clip_vision", args.image_encoder), device=device, dtype=dtype)
-    return model, vae, encoder, device, dtype
+    trained = read_metadata(weights).get("fye_resolution") if weights.is_file() else None
+    return model, vae, encoder, device, dtype, int(trained) if trained else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,15 +97,16 @@ def run(args: argparse.Namespace) -> int:
     aligned = align_motion(reference, driving, relative_pose=args.relative_pose, neutral=args.neutral,
                            expression_scale=args.expression_scale, iris_tracking=args.iris_tracking,
                            smoothing=args.smoothing)
-    model, vae, encoder, device, dtype = load_networks(args, rt)
+    model, vae, encoder, device, dtype, trained = load_networks(args, rt)
+    size = args.size or trained or 512
     settings = settings_from_args(args)
-    frames = animate(model, image, aligned, vae, encoder, settings=settings, size=(args.size, args.size),
+    frames = animate(model, image, aligned, vae, encoder, settings=settings, size=(size, size),
                      long=args.long, keyframe_stride=args.keyframe_stride or None, device=device, dtype=dtype,
                      runtime=rt)
     fps = args.fps or aligned.fps or 25.0
     write_video(args.out, (f for chunk in frames for f in chunk), fps)
     took = time.perf_counter() - start
     log.info("animated %d frames at %dx%d in %.1f s (%.2f frames/s; %s, %d steps, cfg %.1f, window %d, %s) -> %s",
-             len(aligned), args.size, args.size, took, len(aligned) / took, settings.scheduler, settings.steps,
+             len(aligned), size, size, took, len(aligned) / took, settings.scheduler, settings.steps,
              settings.cfg, settings.window, "progressive" if args.long else "windows", args.out)
     return 0

@@ -1,8 +1,9 @@
-"""`demo`: the whole chain on a bundled default — the astronaut animated by an expression-editor track.
+"""`demo`: the whole chain on a portrait (default: skimage's astronaut) animated by a keyed expression.
 
 Panels of out/demo.mp4: reference | driving landmarks | aligned landmarks | generated frames. With
-real weights placed in the model folders it uses them; without, it uses the small checkpoint made by
-this pack's own trainer (emoji_model/assets/), which checks the pipeline and is not a quality model.
+real weights placed in the model folders it uses them; without, it uses the small model bundled with the
+pack (emoji_model/assets/, made by this pack's trainer), and says so. Frames are streamed to the video
+writer: memory follows the panel size, not the length of the motion.
 """
 
 from __future__ import annotations
@@ -12,17 +13,12 @@ import logging
 import time
 from pathlib import Path
 
-from ..runtime import PACK_ROOT
-
 NAME = "demo"
-HELP = ("the whole chain on skimage's astronaut with a keyed expression (or --driving VIDEO) -> "
-        "out/demo.mp4 (reference | driving | aligned | generated)")
+HELP = ("the whole chain on a portrait (default: skimage's astronaut) with a keyed expression (or --driving "
+        "VIDEO) -> out/demo.mp4 (reference | driving | aligned | generated)")
 
 log = logging.getLogger(__name__)
 
-ASSETS = PACK_ROOT / "emoji_model" / "assets"
-DEMO_WEIGHTS = (ASSETS / "demo_tiny.safetensors", ASSETS / "demo_vae", ASSETS / "demo_clip")
-DEMO_SIZE = 64  # what the demo checkpoint was trained at
 REAL = ("fye_sd15.safetensors", "sd-vae-ft-mse", "image_encoder")
 # A blink, a smile with the mouth opening, a look aside and a head turn: two seconds at 24 fps.
 DEMO_KEYS = ("0: blink=0 smile=0 yaw=0; 8: blink=1; 12: blink=0; 20: smile=0.8 mouth_open=0.4 pupil_x=0.6; "
@@ -32,21 +28,23 @@ DEMO_KEYS = ("0: blink=0 smile=0 yaw=0; 8: blink=1; 12: blink=0; 20: smile=0.8 m
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `demo`."""
     parser.add_argument("--out", default="out", help="output folder (default: out)")
+    parser.add_argument("--reference", default=None, help="the portrait to animate (default: skimage's astronaut)")
     parser.add_argument("--driving", default=None,
                         help="a driving video instead of the bundled expression-editor track")
     parser.add_argument("--keys", default=DEMO_KEYS, help="expression-editor keys of the bundled motion")
     parser.add_argument("--frames", type=int, default=48, help="frames of the keyed motion (default 48)")
-    parser.add_argument("--steps", type=int, default=0, help="denoising steps (default: 30, or 20 for the demo model)")
+    parser.add_argument("--steps", type=int, default=0, help="denoising steps (default: 30, or 20 for the bundled model)")
     parser.add_argument("--weights", default=None,
                         help=f"Follow-Your-Emoji weights (default: models/follow_your_emoji/{REAL[0]} when "
-                             "present, else the demo checkpoint)")
+                             "present, else the bundled model)")
     parser.add_argument("--no-generate", dest="generate", action="store_false",
                         help="landmarks only: skip the diffusion networks")
     parser.add_argument("--face-model", metavar="PATH", default=None, help="MediaPipe face_landmarker.task")
 
 
 def _networks(args: argparse.Namespace, runtime):
-    """(model, vae, image encoder, size, is_real): the user's SD-1.5 weights if placed, else the demo's."""
+    """(model, vae, image encoder, size, is_real, device, dtype): the user's weights if placed, else the bundled ones."""
+    from ..bundled import BUNDLED_NOTICE, BUNDLED_SIZE, load_bundled
     from ..checkpoints import load_clip_vision, load_model, load_vae
     from ..errors import MissingModelError
 
@@ -55,23 +53,23 @@ def _networks(args: argparse.Namespace, runtime):
     try:
         paths = (runtime.find_model("follow_your_emoji", args.weights or REAL[0]),
                  runtime.find_model("vae", REAL[1]), runtime.find_model("clip_vision", REAL[2]))
-        real, size = True, 512
     except MissingModelError as exc:
         if args.weights:
             raise
-        log.warning("No Follow-Your-Emoji weights found (%s). Using the tiny demo checkpoint made by this "
-                    "pack's trainer (%d px, trained on one video): this is a pipeline check, not a quality "
-                    "model. Place the real weights as the README says to animate for real.",
-                    str(exc).splitlines()[0], DEMO_SIZE)
-        paths, real, size, dtype = DEMO_WEIGHTS, False, DEMO_SIZE, runtime.choose_dtype("fp32")
+        log.warning("No Follow-Your-Emoji weights found (%s). Using %s; place SD-1.5-size weights as the README "
+                    "says for full-size results.", str(exc).splitlines()[0], BUNDLED_NOTICE)
+        model, vae, encoder = load_bundled(device=device)
+        return model, vae, encoder, BUNDLED_SIZE, False, device, runtime.choose_dtype("fp32")
     model = load_model(paths[0], device=device, dtype=dtype)
     vae = load_vae(paths[1], device=device, dtype=dtype)
     encoder = load_clip_vision(paths[2], device=device, dtype=dtype)
-    return model, vae, encoder, size, real, device, dtype
+    return model, vae, encoder, 512, True, device, dtype
 
 
 def run(args: argparse.Namespace) -> int:
-    """Landmarks, motion, alignment, generation; write demo.mp4 and the three tracks."""
+    """Landmarks, motion, alignment, generation; stream demo.mp4 and write the three tracks."""
+    import itertools
+
     import numpy as np
     from skimage import data
 
@@ -81,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import animate
     from ..runtime import default_runtime
     from ..sampling import SamplerSettings
-    from ..video import read_video, write_video
+    from ..video import iter_video, load_image, probe_video, write_video
 
     rt = default_runtime()
     out = Path(args.out)
@@ -91,53 +89,53 @@ def run(args: argparse.Namespace) -> int:
     def lap(name: str) -> None:
         nonlocal t
         now = time.perf_counter()
-        timings[name] = now - t
+        timings[name] = timings.get(name, 0.0) + now - t
         t = now
 
-    reference = data.astronaut()
-    ref_track = extract_image(reference, face_model=args.face_model, what="the astronaut")
+    reference = load_image(args.reference) if args.reference else data.astronaut()
+    what = f"the reference '{args.reference}'" if args.reference else "the astronaut"
+    ref_track = extract_image(reference, face_model=args.face_model, what=what)
     dimmed_ref = (reference.astype(np.float32) * 0.4).astype(np.uint8)
     if args.driving:
-        frames, fps = read_video(args.driving)
-        drv_track = extract_video(frames, fps, face_model=args.face_model, what=f"video '{Path(args.driving).name}'")
-        backgrounds = (frame.astype(np.float32) * 0.4 for frame in frames)
+        fps = probe_video(args.driving)[0]
+        drv_track = extract_video(iter_video(args.driving), fps, face_model=args.face_model,
+                                  what=f"driving video '{Path(args.driving).name}'")
+        backgrounds = ((frame.astype(np.float32) * 0.4).astype(np.uint8) for frame in iter_video(args.driving))
     else:
         fps = 24.0
         drv_track = animate_face(ref_track, args.keys, frames=args.frames, fps=fps)
-        backgrounds = (dimmed_ref for _ in range(len(drv_track)))
+        backgrounds = itertools.repeat(dimmed_ref, len(drv_track))
     lap("landmarks")
     aligned = align_motion(ref_track, drv_track)
     lap("alignment")
 
-    h, w = reference.shape[:2]
-    panels = np.zeros((len(aligned), h, (4 if args.generate else 3) * w, 3), dtype=np.uint8)
-    panels[:, :, :w] = reference
-    for i, background in enumerate(backgrounds):
-        drawn = render_frame(drv_track.points[i], drv_track.size, image=background.astype(np.uint8))
-        panels[i, :, w:2 * w] = _fit(drawn, (w, h))
-    for i in range(len(aligned)):
-        panels[i, :, 2 * w:3 * w] = render_frame(aligned.points[i], aligned.size, image=dimmed_ref)
-    lap("render")
-
+    generated = itertools.repeat(None)
+    real = False
     if args.generate:
         model, vae, encoder, size, real, device, dtype = _networks(args, rt)
         lap("load")
         settings = SamplerSettings(steps=args.steps or (30 if real else 20), window=min(16, model.max_frames),
                                    overlap=4)
-        generated = np.concatenate(list(animate(model, reference, aligned, vae, encoder, settings=settings,
-                                                size=(size, size), device=device, dtype=dtype, runtime=rt)))
-        for i, frame in enumerate(generated):
-            panels[i, :, 3 * w:] = _fit(frame, (w, h), nearest=not real)
-        lap("generate")
-        log.info("generated %d frames at %dx%d with %s (%d steps)", len(generated), size, size,
-                 "the real weights" if real else "the demo checkpoint (pipeline check, not a quality model)",
-                 settings.steps)
-    video = write_video(out / "demo.mp4", panels, fps)
+        chunks = animate(model, reference, aligned, vae, encoder, settings=settings, size=(size, size),
+                         device=device, dtype=dtype, runtime=rt)
+        generated = (frame for chunk in chunks for frame in chunk)
+    h, w = reference.shape[:2]
+
+    def panels():
+        for i, (background, frame) in enumerate(zip(backgrounds, generated)):
+            row = [reference, _fit(render_frame(drv_track.points[i], drv_track.size, image=background.copy()), (w, h)),
+                   render_frame(aligned.points[i], aligned.size, image=dimmed_ref.copy())]
+            if frame is not None:
+                row.append(_fit(frame, (w, h), nearest=not real))
+            yield np.concatenate(row, axis=1)
+
+    video = write_video(out / "demo.mp4", panels(), fps)
+    lap("generate and write" if args.generate else "render and write")
     ref_track.save(out / "reference.npz")
     drv_track.save(out / "driving.npz")
     aligned.save(out / "aligned.npz")
-    lap("write")
-    log.info("demo: %d frames -> %s", len(panels), video)
+    log.info("demo: %d frames -> %s%s", len(aligned), video,
+             "" if real or not args.generate else " (the bundled 64-pixel model)")
     log.info("timings: %s", ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
     return 0
 
