@@ -244,6 +244,23 @@ def test_covering_frequencies_follow_the_paper():
     assert torch.equal(covered, again)
 
 
+def test_a_fresh_appearance_net_starts_as_a_copy_of_the_unet():
+    from trainer.config import TrainConfig
+    from trainer.step import build_model
+
+    model = build_model(TrainConfig(model="tiny", model_overrides={"cover_channels": 5}))
+    unet = dict(model.unet.named_parameters())
+    for name, p in model.appearance.named_parameters():
+        if name.startswith("image_prompt."):
+            assert torch.equal(p, dict(model.image_prompt.named_parameters())[name[13:]]), name
+        elif name == "conv_in.weight":
+            assert torch.equal(p, unet[name][:, :4])
+        else:
+            assert torch.equal(p, unet[name]), name
+    apart = build_model(TrainConfig(model="tiny", appearance_from_unet=False))
+    assert not torch.equal(apart.appearance.conv_in.weight, apart.unet.conv_in.weight)
+
+
 def test_stage_one_never_sees_its_target_and_never_trains_the_covered_inputs(workspace, one_thread):
     """No stage-1 batch carries an uncovered target latent; after training, zeroing the covered input changes nothing."""
     from emoji_model.checkpoints import load_clip_vision, load_model, load_vae

@@ -48,6 +48,7 @@ class TrainConfig:
     init_motion_module: str | None = None  # AnimateDiff motion modules (mm_sd_v15_v2.ckpt) -> temporal layers
     image_encoder: str | None = None      # CLIP vision encoder (sd-image-variations image_encoder/), frozen
     vae: str | None = None                # SD VAE (sd-vae-ft-mse), frozen
+    appearance_from_unet: bool = True     # a fresh appearance net starts as a copy of the UNet (as SD-initialised ones do)
     trainable: list[str] | None = None    # parameter groups to train; null = the stage's default (see below)
     # Groups: appearance, unet_spatial (conv_in's latent channels but not its covered-latent inputs),
     # unet_temporal, unet_cover_in (only conv_in's covered-latent input channels), unet_conv_in (all of
