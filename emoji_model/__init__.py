@@ -15,6 +15,7 @@ from .errors import (  # noqa: E402  (the logger must exist before submodules us
     CheckpointMismatchError,
     FYEError,
     InvalidRequestError,
+    LandmarkerError,
     MissingModelError,
     NoFaceDetectedError,
     VideoReadError,
@@ -28,5 +29,6 @@ __all__ = [
     "CheckpointMismatchError",
     "MissingModelError",
     "InvalidRequestError",
+    "LandmarkerError",
     "VideoReadError",
 ]

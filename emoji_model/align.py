@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import geometry
+from .constants import NEUTRAL_CHOICES
 from .errors import InvalidRequestError, NoFaceDetectedError
 from .landmarks import LEFT_IRIS, RIGHT_IRIS, FaceTrack, fill_invalid, neutral_frame, topology
 from .runtime import resolve
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NEUTRAL_CHOICES = ("auto", "first")
 
 
 def resolve_neutral(driving: FaceTrack, neutral: str | int = "auto") -> int:
@@ -49,7 +49,7 @@ def resolve_neutral(driving: FaceTrack, neutral: str | int = "auto") -> int:
             raise InvalidRequestError(f"neutral frame {neutral} is outside the driving track "
                                       f"(0..{len(driving) - 1})")
         return int(neutral) % len(driving)
-    raise InvalidRequestError(f"neutral must be 'auto', 'first' or a frame index, got {neutral!r}")
+    raise InvalidRequestError(f"neutral must be one of {NEUTRAL_CHOICES} or a frame index, got {neutral!r}")
 
 
 def smooth_track(track: FaceTrack, window: int, polyorder: int = 2) -> FaceTrack:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import geometry
+from .constants import BATCH_BOXES, PAD_MODES
 from .errors import InvalidRequestError, NoFaceDetectedError
 from .landmarks import Face, FaceLandmarker, FaceTrack, as_rgb_uint8, extract_auto, resolve_face_model, topology
 from .provenance import image_signature
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PAD_MODES = ("edge", "reflect", "black")
-BATCH_BOXES = ("union", "median")
 MARGIN_RANGE = (1.0, 4.0)
 _BORDER = {"edge": "BORDER_REPLICATE", "reflect": "BORDER_REFLECT_101", "black": "BORDER_CONSTANT"}
 SEARCH_MIN_WINDOW = 128

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import geometry
+from .constants import CONTROLS, INTERPOLATIONS, Control
 from .align import iris_relative, project_onto
 from .errors import InvalidRequestError, NoFaceDetectedError
 from .landmarks import NUM_POINTS, FaceTrack, fill_invalid, topology
@@ -48,30 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Control:
-    """One editable control: its name, its range and what it does."""
-
-    name: str
-    lo: float
-    hi: float
-    help: str
-
-
-CONTROLS: dict[str, Control] = {c.name: c for c in (
-    Control("blink", -0.5, 1.0, "close both eyes: 1 shut, negative widens them"),
-    Control("blink_left", -0.5, 1.0, "close the subject's left eye (the image's right), added to blink"),
-    Control("blink_right", -0.5, 1.0, "close the subject's right eye (the image's left), added to blink"),
-    Control("smile", -1.0, 1.0, "mouth corners up and out; negative: down, a frown"),
-    Control("mouth_open", 0.0, 1.0, "lower lip and chin down"),
-    Control("brow_raise", -1.0, 1.0, "eyebrows up; negative: down"),
-    Control("pupil_x", -1.0, 1.0, "gaze toward the image's right (+) or left (-)"),
-    Control("pupil_y", -1.0, 1.0, "gaze up (+) or down (-)"),
-    Control("yaw", -45.0, 45.0, "degrees: the face turns toward the image's right (+)"),
-    Control("pitch", -30.0, 30.0, "degrees: the chin goes up (+)"),
-    Control("roll", -45.0, 45.0, "degrees: the head tilts clockwise in the image (+)"),
-)}
-INTERPOLATIONS = ("linear", "smoothstep", "step")
 
 # MediaPipe's 52 blendshape names, in the order of FaceTrack.blendshapes (ARKit's names; "Left"
 # is the subject's left). tests/test_editor.py checks them against the landmarker's output.

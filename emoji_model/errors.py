@@ -24,6 +24,10 @@ class NoFaceDetectedError(FYEError):
         super().__init__(msg)
 
 
+class LandmarkerError(FYEError):
+    """MediaPipe's face landmarker failed on an image (a failure of MediaPipe, not a missing face)."""
+
+
 class VideoReadError(FYEError):
     """A video file that cannot be opened, decoded, or holds no frame."""
 

@@ -124,10 +124,10 @@ def _load_cached(path: str, mtime: float) -> CanonicalModel:
     with zipfile.ZipFile(path) as bundle:
         try:
             buf = bundle.read(GEOMETRY_METADATA)
-        except KeyError:
+        except KeyError as exc:
             raise InvalidRequestError(
                 f"'{path}' is not MediaPipe's face landmarker bundle: it holds no {GEOMETRY_METADATA}"
-            ) from None
+            ) from exc
     model = parse_geometry_metadata(buf)
     if len(model.vertices) != MESH_POINTS:
         raise InvalidRequestError(f"canonical mesh in '{path}' has {len(model.vertices)} vertices, "
@@ -283,18 +283,6 @@ def apply_pose(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
 def invert_pose(pose: np.ndarray) -> np.ndarray:
     """Inverse of similarity transforms [..., 4, 4]."""
     return np.linalg.inv(pose)
-
-
-def canonical_vertices(points: np.ndarray, size: tuple[int, int], model: CanonicalModel,
-                       pose: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(canonical-space vertices [..., N, 3], pose [..., 4, 4]) of normalised screen landmarks.
-
-    ``pose`` defaults to the one fitted here; pass MediaPipe's facial transformation matrix to
-    express the vertices relative to it (the two agree to about 1e-4).
-    """
-    fit = screen_to_metric(points, size, model)
-    pose = fit.pose if pose is None else np.asarray(pose, dtype=np.float64)
-    return apply_pose(invert_pose(pose), fit.metric), pose
 
 
 def project(canonical: np.ndarray, pose: np.ndarray, size: tuple[int, int],

@@ -10,10 +10,10 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from .constants import KNOWN_MODES, LATENT_SCALE
 from .errors import FYEError, InvalidRequestError
 from .runtime import resolve
 from .sampling import (
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from .runtime import StandaloneRuntime
 
 log = logging.getLogger(__name__)
-
-LATENT_SCALE = 0.18215  # SD-1.5 VAE scaling factor: the sampler works on scaled latents
 
 
 def _to_control_tensor(control, device, dtype) -> torch.Tensor:
@@ -99,28 +97,17 @@ def activation_memory(config, frames: int, latent_hw: tuple[int, int], guided: b
     return int(elements * torch.empty((), dtype=dtype).element_size() * ACTIVATION_BYTES * ACTIVATION_MARGIN)
 
 
-@contextmanager
-def interrupt_checks(model, runtime) -> Iterator[None]:
-    """Ask the runtime for Cancel before every resnet, attention and motion module of the denoising UNet.
+def block_checks(runtime) -> Callable[[str], None]:
+    """``on_block`` for the UNet walk: ask the runtime for Cancel after every resnet, transformer and temporal module.
 
     A denoising step over a window can take minutes at SD-1.5 size on a CPU; with these checks Cancel
-    takes effect within one of its blocks. Forward pre-hooks, removed on exit, so the walk itself is untouched.
+    takes effect within one of its blocks.
     """
-    unet = getattr(model, "unet", None)
-    handles = []
-    if unet is not None:
-        def check(module, args):
-            runtime.check_interrupt()
 
-        for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
-            for name in ("resnets", "attentions", "motion_modules"):
-                for part in getattr(block, name, None) or ():
-                    handles.append(part.register_forward_pre_hook(check))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    def check(name: str) -> None:
+        runtime.check_interrupt()
+
+    return check
 
 
 def previewing(scheduler, runtime):
@@ -201,13 +188,14 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
     import torch
 
     rt, device, dtype, (num, h, w) = _prepare(model, reference, control, settings, device, dtype, runtime)
-    with torch.no_grad(), interrupt_checks(model, rt):
+    with torch.no_grad():
         feats = landmark_features(model, control, device, dtype, store=rt.offload_device())
         cond = conditioning(reference, feats, settings.cfg)
         scheduler = previewing(make_model_scheduler(model, settings), rt)
         scheduler.set_timesteps(settings.steps, device=device)
         noise = initial_noise((1, 4, num, h, w), settings.seed, device, torch.float32)
-        denoiser = make_denoiser(model, cond, settings.cfg, settings.temporal, dtype=dtype)
+        denoiser = make_denoiser(model, cond, settings.cfg, settings.temporal, dtype=dtype,
+                                 on_block=block_checks(rt))
         total = count_windows(num, settings.window, settings.overlap, settings.steps)
         with rt.progress(total, "sampling") as bar:
             out = sample_windows(denoiser, noise * scheduler.init_noise_sigma, scheduler,
@@ -241,8 +229,8 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
     has_cover = getattr(model.config, "cover_channels", 0) > 0
     if known_mode == "auto":
         known_mode = "covered" if has_cover else "replace"
-    if known_mode not in ("covered", "replace"):
-        raise InvalidRequestError(f"known_mode must be auto, covered or replace, got {known_mode!r}")
+    if known_mode not in KNOWN_MODES:
+        raise InvalidRequestError(f"known_mode must be one of {KNOWN_MODES}, got {known_mode!r}")
     if known_mode == "covered" and not has_cover:
         raise InvalidRequestError("this checkpoint has no covered-latent input channels; use known_mode 'replace'")
     keys = keyframe_indices(num, stride)
@@ -256,14 +244,15 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
         sched = previewing(make_model_scheduler(model, settings), rt)
         sched.set_timesteps(settings.steps, device=device)
         cond = conditioning(reference, feats, settings.cfg)
-        den = make_denoiser(model, cond, settings.cfg, settings.temporal, covered, mask, dtype=dtype)
+        den = make_denoiser(model, cond, settings.cfg, settings.temporal, covered, mask, dtype=dtype,
+                            on_block=block_checks(rt))
         return sample_windows(den, init * sched.init_noise_sigma, sched, window=settings.window,
                               overlap=settings.overlap, fusion=settings.fusion, known=known,
                               replace_known=known_mode == "replace", noise=init, eta=settings.eta,
                               seed=settings.seed, runtime=rt, bar=bar)
 
     latents = torch.empty((1, 4, num, h, w), device=device)  # float32: the only per-frame state
-    with torch.no_grad(), interrupt_checks(model, rt), rt.progress(total, "progressive sampling") as bar:
+    with torch.no_grad(), rt.progress(total, "progressive sampling") as bar:
         # Stage 1: keyframes spread over the whole track, as one clip.
         latents[:, :, keys] = run(keys, bar=bar)
         # Stage 2: fill each gap with its two keyframes known.

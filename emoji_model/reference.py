@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .constants import LATENT_SCALE
 from .errors import InvalidRequestError
 from .networks import FollowYourEmoji
 from .provenance import ImageSignature, image_signature
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-VAE_SCALING_FACTOR = 0.18215
 
 VaeEncode = Callable[[torch.Tensor], torch.Tensor]
 ClipEncode = Callable[[torch.Tensor], torch.Tensor]
@@ -129,7 +129,7 @@ def clip_preprocess(pixels: torch.Tensor, size: int = 224) -> torch.Tensor:
 
 def vae_encoder_from_diffusers(vae) -> VaeEncode:
     """``vae_encode`` for a diffusers AutoencoderKL: posterior mean × its scaling factor."""
-    factor = float(getattr(vae.config, "scaling_factor", VAE_SCALING_FACTOR))
+    factor = float(getattr(vae.config, "scaling_factor", LATENT_SCALE))
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         p = pixels.to(device=vae.device, dtype=vae.dtype)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .bundled import BUNDLED_NAMES, bundled_path
+from .constants import FACE_LANDMARKER_FILE
 from .errors import InvalidRequestError, MissingModelError
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 
-FACE_LANDMARKER_FILE = "face_landmarker.task"
 FACE_LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .constants import FUSIONS
 from .errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -35,15 +36,8 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "unipc": ("UniPCMultistepScheduler", {"final_sigmas_type": "zero", "lower_order_final": True}),
     "ddpm": ("DDPMScheduler", {"clip_sample": False}),
 }
-# What the nodes call them: diffusers' schedulers on this pack's noise schedule. ComfyUI's samplers of
-# similar names (ddim, euler, dpmpp_2m, uni_pc, ddpm) compute differently, so the names say "diffusers".
-SCHEDULER_LABELS: dict[str, str] = {
-    "ddim": "DDIM (diffusers)", "dpmpp_2m": "DPM++ 2M (diffusers)", "euler": "Euler (diffusers)",
-    "euler_ancestral": "Euler ancestral (diffusers)", "unipc": "UniPC (diffusers)", "ddpm": "DDPM (diffusers)",
-}
 BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 PREDICTION_TYPES = ("v_prediction", "epsilon")
-FUSIONS = ("pyramid", "flat")
 
 
 def make_scheduler(name: str = "ddim", prediction_type: str = "v_prediction",
@@ -143,6 +137,17 @@ def fusion_weights(length: int, kind: str = "pyramid") -> torch.Tensor:
 
 # -- the denoiser -----------------------------------------------------------------------------
 
+Denoiser = Callable[["torch.Tensor", Any, Sequence[int]], "torch.Tensor"]
+"""``(x [1,4,W,h,w], t, frame indices of the W frames) -> guided model output [1,4,W,h,w]`` in float32.
+
+Every sampling stage below takes or returns one (k-diffusion's convention of one denoiser signature).
+"""
+
+
+def guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): ε̂ = ε(∅) + s·(ε(c) − ε(∅)), for any prediction type."""
+    return uncond + scale * (cond - uncond)
+
 @dataclass
 class Conditioning:
     """Per-video inputs reused at every step and window (uncond first, cond second along batch)."""
@@ -156,12 +161,13 @@ class Conditioning:
 
 def make_denoiser(model, cond: Conditioning, cfg: float, temporal: bool = True,
                   covered: torch.Tensor | None = None, cover_mask: torch.Tensor | None = None,
-                  dtype: torch.dtype | None = None) -> Callable[[torch.Tensor, Any, Sequence[int]], torch.Tensor]:
+                  dtype: torch.dtype | None = None, on_block: Callable[[str], None] | None = None) -> Denoiser:
     """A denoiser ``(x [1,4,W,h,w], t, frame indices) -> guided model output`` in float32.
 
     The conditional and unconditional branches run as one batch, in the model's ``dtype`` (the
     latents themselves stay float32); ``covered``/``cover_mask`` ([1,4,F,h,w]/[1,1,F,h,w] over the
-    whole track; the mask is 1 on unknown frames) feed the covered-latent input channels.
+    whole track; the mask is 1 on unknown frames) feed the covered-latent input channels;
+    ``on_block`` is handed to the UNet walk (called after each of its blocks).
     """
     import torch
 
@@ -172,6 +178,8 @@ def make_denoiser(model, cond: Conditioning, cfg: float, temporal: bool = True,
         lmk = cond.landmark_features[:, :, idx].to(x.device, x.dtype)
         kwargs: dict[str, Any] = {"landmark_features": lmk.expand(n, *lmk.shape[1:]), "temporal": temporal,
                                   "bank_mask": cond.bank_mask}
+        if on_block is not None:
+            kwargs["on_block"] = on_block
         if covered is not None:
             cov = covered[:, :, idx].to(x.device, x.dtype)
             mask = cover_mask[:, :, idx].to(x.device, x.dtype)
@@ -182,7 +190,7 @@ def make_denoiser(model, cond: Conditioning, cfg: float, temporal: bool = True,
         if not cond.guided:
             return out
         uncond, text = out.chunk(2)
-        return uncond + cfg * (text - uncond)
+        return guided(uncond, text, cfg)
 
     return denoise
 
@@ -210,62 +218,122 @@ def initial_noise(shape: Sequence[int], seed: int, device, dtype,
     return out.to(device, dtype)
 
 
-def sample_windows(denoiser, latents: torch.Tensor, scheduler, *, window: int, overlap: int,
+def counted(denoiser: Denoiser, runtime: StandaloneRuntime, bar: ProgressBar | None = None) -> Denoiser:
+    """The denoiser with the host's interrupt checked before, and progress reported after, every evaluation."""
+
+    def denoise(x, t, frames):
+        runtime.check_interrupt()
+        out = denoiser(x, t, frames)
+        if bar is not None:
+            bar.update()
+        return out
+
+    return denoise
+
+
+def fused(denoiser: Denoiser, windows: Sequence[Sequence[int]], fusion: str = "pyramid") -> Denoiser:
+    """A denoiser over a whole track from one over its context windows (positions into the track).
+
+    Each window's prediction is weighted by :func:`fusion_weights` and the weighted sum divided by the
+    weights, per frame; a single window is the prediction itself, unweighted.
+    """
+    import torch
+
+    def denoise(x, t, frames):
+        if len(windows) == 1:
+            return denoiser(x, t, [frames[i] for i in windows[0]])
+        out = torch.zeros_like(x, dtype=torch.float32)
+        total = torch.zeros(x.shape[2], dtype=torch.float32, device=x.device)
+        for window in windows:
+            span = slice(window[0], window[-1] + 1)  # windows are contiguous
+            pred = denoiser(x[:, :, span], t, [frames[i] for i in window]).float()
+            w = fusion_weights(len(window), fusion).to(x.device)
+            out[:, :, span] += pred * w[None, None, :, None, None]
+            total[span] += w
+        return (out / total[None, None, :, None, None]).to(x.dtype)
+
+    return denoise
+
+
+@dataclass
+class KnownFrames:
+    """Frames whose clean latents are given, imposed by replacement (RePaint-style, Lugmayr et al. 2022)."""
+
+    index: list[int]
+    latents: torch.Tensor | None = None  # [1,4,K,h,w]
+    noise: torch.Tensor | None = None    # [1,4,K,h,w], the noise they are noised with at every step
+
+    @classmethod
+    def of(cls, known: dict[int, torch.Tensor] | None, latents: torch.Tensor,
+           noise: torch.Tensor | None = None) -> KnownFrames:
+        """The known frames (index -> clean latent [4,h,w]) of ``latents`` [1,4,F,h,w]; ``noise`` over all F frames."""
+        import torch
+
+        index = sorted(known or {})
+        if not index:
+            return cls([])
+        num_frames = latents.shape[2]
+        if min(index) < 0 or max(index) >= num_frames:
+            raise InvalidRequestError(f"known frame indices {index} fall outside 0..{num_frames - 1}")
+        clean = torch.stack([known[i] for i in index], dim=1)[None].to(latents)  # [1,4,K,h,w]
+        return cls(index, clean, noise[:, :, index] if noise is not None else torch.randn_like(clean))
+
+    def noised(self, latents: torch.Tensor, scheduler, t) -> torch.Tensor:
+        """``latents`` with the known frames replaced by their clean latents noised to step ``t``."""
+        if self.index:
+            latents[:, :, self.index] = scheduler.add_noise(self.latents, self.noise, t.reshape(1))
+        return latents
+
+    def restore(self, latents: torch.Tensor) -> torch.Tensor:
+        """``latents`` with the known frames set to their clean latents exactly."""
+        if self.index:
+            latents[:, :, self.index] = self.latents
+        return latents
+
+
+def scheduler_step(scheduler, eta: float = 0.0, seed: int = 0) -> Callable[[torch.Tensor, Any, torch.Tensor],
+                                                                          torch.Tensor]:
+    """``(model output, t, x_t) -> x_{t-1}``: the scheduler's own update, with ``eta`` and a seeded generator
+    where its step takes them (DDIM's η; the ancestral and DDPM samplers' fresh noise)."""
+    import torch
+
+    kwargs: dict[str, Any] = {}
+    params = inspect.signature(scheduler.step).parameters
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = torch.Generator(device="cpu").manual_seed((int(seed) + 1) % 2**63)
+
+    def step(output: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
+        return scheduler.step(output, t, x, **kwargs).prev_sample
+
+    return step
+
+
+def sample_windows(denoiser: Denoiser, latents: torch.Tensor, scheduler, *, window: int, overlap: int,
                    fusion: str = "pyramid", known: dict[int, torch.Tensor] | None = None,
                    replace_known: bool = True, noise: torch.Tensor | None = None, eta: float = 0.0,
                    seed: int = 0, runtime: StandaloneRuntime | None = None,
                    bar: ProgressBar | None = None) -> torch.Tensor:
     """Denoise float32 ``latents`` [1,4,F,h,w] over the scheduler's timesteps with fused context windows.
 
-    Known frames (index -> clean latent [4,h,w]) are imposed by replacement with their latents
-    noised to each step (RePaint-style, Lugmayr et al. 2022) when ``replace_known``, and always set
-    exactly at the end, so they come out unchanged.
+    At every step: 1. known frames (index -> clean latent [4,h,w]) are replaced by their latents
+    noised to that step when ``replace_known``; 2. the step's windows (:func:`context_windows`)
+    are denoised and fused (:func:`fused`); 3. the scheduler steps (:func:`scheduler_step`). The
+    known frames are set exactly at the end, so they come out unchanged.
     """
-    import torch
-
     from .runtime import resolve
 
-    rt = resolve(runtime)
-    num_frames = latents.shape[2]
-    known = known or {}
-    known_idx = sorted(known)
-    if known_idx:
-        if min(known_idx) < 0 or max(known_idx) >= num_frames:
-            raise InvalidRequestError(f"known frame indices {known_idx} fall outside 0..{num_frames - 1}")
-        known_lat = torch.stack([known[i] for i in known_idx], dim=1)[None].to(latents)  # [1,4,K,h,w]
-        known_noise = noise[:, :, known_idx] if noise is not None else torch.randn_like(known_lat)
-    step_kwargs: dict[str, Any] = {}
-    params = inspect.signature(scheduler.step).parameters
-    if "eta" in params:
-        step_kwargs["eta"] = eta
-    if "generator" in params:
-        step_kwargs["generator"] = torch.Generator(device="cpu").manual_seed((int(seed) + 1) % 2**63)
-    for step, t in enumerate(scheduler.timesteps):
-        if known_idx and replace_known:
-            latents[:, :, known_idx] = scheduler.add_noise(known_lat, known_noise, t.reshape(1))
-        windows = context_windows(num_frames, window, overlap, step)
-        if len(windows) == 1:  # the whole track in one window: no fusion, the prediction itself
-            rt.check_interrupt()
-            fused = denoiser(scheduler.scale_model_input(latents, t), t, windows[0])
-            if bar is not None:
-                bar.update()
-        else:
-            fused = torch.zeros_like(latents, dtype=torch.float32)
-            total = torch.zeros(num_frames, dtype=torch.float32, device=latents.device)
-            for frames in windows:
-                rt.check_interrupt()
-                span = slice(frames[0], frames[-1] + 1)  # windows are contiguous
-                pred = denoiser(scheduler.scale_model_input(latents[:, :, span], t), t, frames).float()
-                w = fusion_weights(len(frames), fusion).to(latents.device)
-                fused[:, :, span] += pred * w[None, None, :, None, None]
-                total[span] += w
-                if bar is not None:
-                    bar.update()
-            fused = (fused / total[None, None, :, None, None]).to(latents.dtype)
-        latents = scheduler.step(fused, t, latents, **step_kwargs).prev_sample
-    if known_idx:
-        latents[:, :, known_idx] = known_lat
-    return latents
+    frames = KnownFrames.of(known, latents, noise)
+    step = scheduler_step(scheduler, eta, seed)
+    evaluate = counted(denoiser, resolve(runtime), bar)
+    positions = list(range(latents.shape[2]))
+    for i, t in enumerate(scheduler.timesteps):
+        if replace_known:
+            latents = frames.noised(latents, scheduler, t)
+        den = fused(evaluate, context_windows(len(positions), window, overlap, i), fusion)
+        latents = step(den(scheduler.scale_model_input(latents, t), t, positions), t, latents)
+    return frames.restore(latents)
 
 
 def count_windows(num_frames: int, window: int, overlap: int, steps: int) -> int:

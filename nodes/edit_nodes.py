@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from emoji_model.constants import BATCH_BOXES, CONTROLS, INTERPOLATIONS, PAD_MODES
+
 from .categories import COMPOSE, LANDMARKS
 from .host import get_runtime, make_video, video_audio
 from .landmark_nodes import (
@@ -13,11 +15,6 @@ from .landmark_nodes import (
     _to_image,
 )
 
-
-
-PAD_MODES = ["edge", "reflect", "black"]      # emoji_model.crop.PAD_MODES
-BATCH_BOXES = ["union", "median"]             # emoji_model.crop.BATCH_BOXES
-INTERPOLATIONS = ["linear", "smoothstep", "step"]  # emoji_model.editor.INTERPOLATIONS
 DEFAULT_KEYS = """# FRAME: control=value ... (FRAME may be seconds: 1.5s)
 # controls: blink blink_left blink_right smile mouth_open brow_raise pupil_x pupil_y yaw pitch roll
 0: blink=0 smile=0 yaw=0
@@ -25,18 +22,9 @@ DEFAULT_KEYS = """# FRAME: control=value ... (FRAME may be seconds: 1.5s)
 14: blink=0
 36: smile=0.8 yaw=12
 """
-# Slider ranges, as emoji_model.editor.CONTROLS (kept here so registration imports nothing heavy).
-SLIDERS = {
-    "blink": (-0.5, 1.0, 0.01, "close both eyes (1 = shut; negative widens)"),
-    "smile": (-1.0, 1.0, 0.01, "mouth corners up and out (negative: a frown)"),
-    "mouth_open": (0.0, 1.0, 0.01, "lower lip and chin down"),
-    "brow_raise": (-1.0, 1.0, 0.01, "eyebrows up (negative: down)"),
-    "pupil_x": (-1.0, 1.0, 0.01, "gaze toward the image's right (+) or left (-)"),
-    "pupil_y": (-1.0, 1.0, 0.01, "gaze up (+) or down (-)"),
-    "yaw": (-45.0, 45.0, 0.5, "degrees: the face turns toward the image's right (+)"),
-    "pitch": (-30.0, 30.0, 0.5, "degrees: the chin goes up (+)"),
-    "roll": (-45.0, 45.0, 0.5, "degrees: the head tilts clockwise (+)"),
-}
+# One slider per control; the per-eye blinks are left to the keys.
+SLIDERS = {name: (c.lo, c.hi, 0.5 if c.degrees else 0.01, c.help) for name, c in CONTROLS.items()
+           if name not in ("blink_left", "blink_right")}
 
 
 def _to_float(images):
@@ -71,9 +59,9 @@ class CropFace:
                                  "tooltip": "side of the crop in pixels (the model's resolution)"}),
                 "margin": ("FLOAT", {"default": 1.8, "min": 1.0, "max": 4.0, "step": 0.05,
                                      "tooltip": "crop side as a multiple of the face size"}),
-                "pad_mode": (PAD_MODES, {"default": "edge",
+                "pad_mode": (list(PAD_MODES), {"default": "edge",
                                          "tooltip": "how to fill the part of the crop beyond the image border"}),
-                "batch_box": (BATCH_BOXES, {"default": "union",
+                "batch_box": (list(BATCH_BOXES), {"default": "union",
                                             "tooltip": "for a video: union keeps the face of every frame inside; "
                                                        "median follows the typical face position"}),
             },
@@ -174,7 +162,7 @@ class ExpressionEditor:
                               "tooltip": "frame rate (for keys given in seconds)"}),
             "keyframes": ("STRING", {"default": DEFAULT_KEYS, "multiline": True,
                                      "tooltip": "FRAME: control=value ... per line or separated by ';'"}),
-            "interpolation": (INTERPOLATIONS, {"default": "smoothstep",
+            "interpolation": (list(INTERPOLATIONS), {"default": "smoothstep",
                                                "tooltip": "how values move between keys"}),
         }
         for name, (lo, hi, step, tip) in SLIDERS.items():

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from emoji_model.constants import EXTRACT_MODES, FACE_LANDMARKER_FILE, NEUTRAL_CHOICES
+
 from .categories import LANDMARKS
 from .host import get_runtime, video_frames
 
-
-DEFAULT_FACE_MODEL = "face_landmarker.task (default)"
+DEFAULT_FACE_MODEL = f"{FACE_LANDMARKER_FILE} (default)"
 # The samplers always draw what the model was trained on (no contour, inner lips only).
 CONTOUR_TIP = "draw the face contour in this node's control images (a preview for comparison; not used by the samplers)"
 OUTER_LIPS_TIP = "draw the outer lip line in this node's control images (a preview; not used by the samplers)"
 
 
 def _face_model_choices() -> list[str]:
-    names = [n for n in get_runtime().list_models("mediapipe") if n != "face_landmarker.task"]
+    names = [n for n in get_runtime().list_models("mediapipe") if n != FACE_LANDMARKER_FILE]
     return [DEFAULT_FACE_MODEL] + names
 
 
@@ -64,7 +65,7 @@ class LandmarkExtractor:
                 "image": ("IMAGE", {"tooltip": "a portrait, or the frames of a driving video as an image batch"}),
                 "video": ("VIDEO", {"tooltip": "a driving video (Load Video): its frames are read one by one, "
                                               "at its exact frame rate; use instead of image"}),
-                "mode": (["auto", "video", "image"], {
+                "mode": (list(EXTRACT_MODES), {
                     "default": "auto",
                     "tooltip": "auto: one image is a still, a batch is a video (tracked); image: every "
                                "image of the batch on its own"}),
@@ -125,7 +126,7 @@ class MotionAligner:
                 "relative_head_pose": ("BOOLEAN", {"default": True,
                                                    "tooltip": "follow the driving head rotation and "
                                                               "movement; off keeps the portrait's pose"}),
-                "neutral_frame": (["auto", "first", "index"], {
+                "neutral_frame": ([*NEUTRAL_CHOICES, "index"], {
                     "default": "auto",
                     "tooltip": "the driving frame taken as expressionless: auto = lowest blendshape sum"}),
                 "neutral_index": ("INT", {"default": 0, "min": 0, "max": 100000,

@@ -7,17 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emoji_model.constants import LATENT_SCALE, RELEASED_FILES
+
 from .categories import SAMPLING
 from .host import get_runtime
 
 log = logging.getLogger("emoji_model.nodes")
 
-
 NONE = "none"
-RELEASED_STEMS = ("referencenet", "unet", "lmk_guider")
+RELEASED_STEMS = tuple(RELEASED_FILES)
 # Shown when models/follow_your_emoji is empty: the name the README's `convert` example writes.
 DEFAULT_CHECKPOINT = "fye_sd15.safetensors"
-SD15_LATENT_SCALE = 0.18215
 
 
 @dataclass
@@ -267,7 +267,7 @@ def host_vae_encoder(vae):
 
     def encode(pixels):
         images = ((pixels.float() + 1) / 2).clamp(0, 1).movedim(1, -1)  # [B,H,W,3] in 0..1
-        return vae.encode(images).to(pixels.device) * SD15_LATENT_SCALE
+        return vae.encode(images).to(pixels.device) * LATENT_SCALE
 
     return encode
 

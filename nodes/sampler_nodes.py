@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from emoji_model.sampling import SCHEDULER_LABELS
+from emoji_model.constants import FUSIONS, KNOWN_MODES, LATENT_SCALE, SCHEDULER_LABELS
 
 from .categories import SAMPLING
 from .host import blocked_output, get_runtime
@@ -36,7 +36,7 @@ def _sampler_inputs() -> dict:
                            "tooltip": "frames per temporal window (at most the model's position encoding, 32 "
                                       "for the released weights); longer tracks use overlapping windows"}),
         "overlap": ("INT", {"default": 4, "min": 0, "max": 31, "tooltip": "frames shared by neighbouring windows"}),
-        "fusion": (["pyramid", "flat"], {"default": "pyramid",
+        "fusion": (list(FUSIONS), {"default": "pyramid",
                                          "tooltip": "how overlapping windows' predictions are blended"}),
     }
 
@@ -73,7 +73,7 @@ def _outputs(samples, vae, runtime):
     """
     import torch
 
-    from emoji_model.pipeline import LATENT_SCALE, decode_frames
+    from emoji_model.pipeline import decode_frames
 
     latent = {"samples": (samples / LATENT_SCALE).float().cpu()}
     if vae is None:
@@ -166,7 +166,7 @@ class ProgressiveLongVideo(_Sampler):
         inputs = _sampler_inputs()
         inputs["keyframe_stride"] = ("INT", {"default": 0, "min": 0, "max": 31,
                                              "tooltip": "frames between keyframes; 0 = window - 1"})
-        inputs["known_frames"] = (["auto", "covered", "replace"], {
+        inputs["known_frames"] = (list(KNOWN_MODES), {
             "default": "auto", "tooltip": "how stage 2 is given its keyframes: auto picks covered-latent "
                                           "input when the checkpoint has those channels"})
         return {"required": inputs, "optional": _optional_inputs(), "hidden": HIDDEN}

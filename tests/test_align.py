@@ -107,7 +107,11 @@ def test_smoothing_reduces_jitter_without_lag():
     rotation = smoothed.pose[:, :3, :3].astype(np.float64)
     np.testing.assert_allclose(rotation @ np.swapaxes(rotation, 1, 2), np.broadcast_to(np.eye(3), rotation.shape),
                                atol=1e-5)
-    assert smooth_track(driving[:2], 7) is not None  # shorter than the window: returned unchanged
+    short = driving[:2]  # shorter than the window: returned unchanged
+    kept = smooth_track(short, 7)
+    assert len(kept) == 2
+    for name in short.ARRAYS:
+        np.testing.assert_array_equal(getattr(kept, name), getattr(short, name), err_msg=name)
 
 
 def test_reference_and_driving_sizes_may_differ(astronaut, face_task):

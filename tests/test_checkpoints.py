@@ -238,3 +238,32 @@ def test_cli_is_registered():
 def test_meta_build_allocates_nothing():
     m = build_model(tiny_config(), "meta")
     assert all(p.is_meta for p in m.parameters())
+
+
+def test_ldm_key_table_matches_comfyui_for_sd15():
+    """Our ldm → diffusers table on the real SD-1.5 key list that ComfyUI's own table gives (a recorded fixture)."""
+    from conftest import SHARED
+    from emoji_model.checkpoints import ldm_unet_names
+    from emoji_model.networks import FYEConfig
+
+    comfy = json.loads((REPO / "tests" / "fixtures" / "sd15_ldm_unet_keys.json").read_text())["diffusers_to_ldm"]
+    released = json.loads((SHARED / "reference" / "official_fye_state_dict_shapes.json").read_text())
+    spatial = {k for k in released["unet"] if ".motion_modules." not in k and not k.startswith("clip_fc.")}
+    # ComfyUI lists a shortcut conv for every resnet (SD-1.5 has one where a block changes width) and
+    # a resampler for every level (SD-1.5 has none at the lowest resolution).
+    extra = set(comfy) - spatial
+    resamplers = {k for k in extra if k.startswith(("down_blocks.3.downsamplers.", "up_blocks.3.upsamplers."))}
+    assert spatial <= set(comfy) and len(resamplers) == 4
+    assert all(".conv_shortcut." in k for k in extra - resamplers)
+    assert set(released["referencenet"]) - spatial <= {"clip_fc.weight", "clip_fc.bias"}
+    sd15 = {d: ldm for d, ldm in comfy.items() if d in spatial}  # the keys of a real SD-1.5 single file
+    names, unmapped = ldm_unet_names([*sd15.values(), "cond_stage_model.transformer.x", "first_stage_model.y"],
+                                     FYEConfig.sd15())
+    assert unmapped == [] and names == sd15
+    # ComfyUI's whole table maps key for key, the absent shortcuts too; the absent resamplers fit no block.
+    names, unmapped = ldm_unet_names(comfy.values(), FYEConfig.sd15())
+    assert names == {d: ldm for d, ldm in comfy.items() if d not in resamplers}
+    assert sorted(unmapped) == sorted(comfy[d] for d in resamplers)
+    # A key that fits no block of the UNet is reported, not dropped.
+    assert ldm_unet_names(["model.diffusion_model.input_blocks.99.0.x.weight"], FYEConfig.sd15())[1] == [
+        "model.diffusion_model.input_blocks.99.0.x.weight"]

@@ -120,6 +120,29 @@ def test_faceless_images_raise_no_face_detected(name, face_task):
             extract_image(image, face_model=face_task)
 
 
+def test_a_mediapipe_failure_is_not_reported_as_no_face(astronaut, face_task):
+    """An error inside MediaPipe surfaces as LandmarkerError with its cause, not as a faceless frame."""
+    from emoji_model import LandmarkerError
+    from emoji_model.landmarks import FaceLandmarker
+
+    class Broken:
+        def detect(self, image):
+            raise RuntimeError("CalculatorGraph::Run() failed")
+
+        def close(self):
+            pass
+
+    with FaceLandmarker(face_task) as lm:
+        assert len(lm.detect(astronaut)) == 1
+        real, lm._landmarker = lm._landmarker, Broken()
+        try:
+            with pytest.raises(LandmarkerError, match="CalculatorGraph") as err:
+                lm.detect(astronaut)
+        finally:
+            lm._landmarker = real
+    assert isinstance(err.value.__cause__, RuntimeError)
+
+
 def test_a_video_without_any_face_raises(face_task):
     blank = np.zeros((4, 64, 64, 3), np.uint8)
     with pytest.raises(NoFaceDetectedError, match="any of the 4 frames of the blank video"):

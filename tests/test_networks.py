@@ -191,3 +191,34 @@ def test_odd_latent_sizes_and_half_precision(model):
     half = randomize(build_model(model.config, "cpu", torch.bfloat16), seed=11)
     out16 = _run(half, data)
     assert out16.dtype == torch.float32 and torch.isfinite(out16).all()
+
+
+def test_one_walk_names_every_block_in_order():
+    """Both networks walk the same blocks; on_block sees each resnet, transformer and temporal module once."""
+    m = random_model(seed=5)
+    data = inputs(m, frames=2, size=8)
+    seen_unet, seen_appearance = [], []
+    with torch.no_grad():
+        tokens = m.encode_image_prompt(data["clip"])
+        banks = m.appearance(data["ref"], m.encode_image_prompt(data["clip"], for_appearance=True),
+                             on_block=seen_appearance.append)
+        out = m.unet(data["sample"], 7, tokens, banks=banks, on_block=seen_unet.append)
+        plain = m.unet(data["sample"], 7, tokens, banks=banks)
+        spatial_only = []
+        m.unet(data["sample"], 7, tokens, banks=banks, temporal=False, on_block=spatial_only.append)
+    torch.testing.assert_close(out, plain, rtol=0, atol=0)
+    for names, net in ((seen_unet, m.unet), (seen_appearance, m.appearance)):
+        assert len(names) == len(set(names))
+        for name in names:
+            net.get_submodule(name)  # every name is the block's module path
+    unet_blocks = [n for n, _ in m.unet.named_modules()
+                   if n.count(".") in (2, 3) and n.split(".")[-2] in ("resnets", "attentions", "motion_modules")]
+    assert sorted(seen_unet) == sorted(unet_blocks)
+    assert spatial_only == [n for n in seen_unet if ".motion_modules." not in n]
+    # The appearance net walks the spatial blocks in the same order and stops at its last bank.
+    assert seen_appearance == spatial_only[:len(seen_appearance)]
+    assert seen_appearance[-1] == "up_blocks.2.attentions.1" and len(banks) == m.bank_count
+    assert seen_unet.index("down_blocks.0.attentions.0") < seen_unet.index("down_blocks.0.motion_modules.0") \
+        < seen_unet.index("down_blocks.1.resnets.0") < seen_unet.index("mid_block.attentions.0") \
+        < seen_unet.index("mid_block.motion_modules.0") < seen_unet.index("mid_block.resnets.1") \
+        < seen_unet.index("up_blocks.0.resnets.0")

@@ -116,7 +116,8 @@ def test_help_pages_belong_to_nodes():
 
 
 def test_scheduler_names_do_not_pass_for_comfyuis():
-    from emoji_model.sampling import SCHEDULER_LABELS, SCHEDULERS
+    from emoji_model.constants import SCHEDULER_LABELS
+    from emoji_model.sampling import SCHEDULERS
     from nodes.sampler_nodes import SCHEDULER_KEYS, SCHEDULER_NAMES, TemporalSampler
 
     assert set(SCHEDULER_LABELS) == set(SCHEDULERS)

@@ -23,7 +23,7 @@ spec = importlib.util.spec_from_file_location(name, os.path.join(path, "__init__
 module = importlib.util.module_from_spec(spec)
 sys.modules[name] = module
 spec.loader.exec_module(module)
-heavy = [m for m in ("diffusers", "transformers", "mediapipe", "accelerate", "cv2", "av", "skimage")
+heavy = [m for m in ("torch", "numpy", "diffusers", "transformers", "mediapipe", "accelerate", "cv2", "av", "skimage")
          if m in sys.modules]
 info = {"nodes": sorted(module.NODE_CLASS_MAPPINGS), "names": module.NODE_DISPLAY_NAME_MAPPINGS,
         "heavy": heavy}
@@ -64,7 +64,8 @@ def test_pack_loads_without_comfy(tmp_path):
 
 def test_pack_loads_with_comfy_and_registers_model_folders(tmp_path):
     info = _load_pack(tmp_path, with_comfy=True)
-    assert info["heavy"] == [], f"registration imported heavy modules: {info['heavy']}"
+    heavy = [m for m in info["heavy"] if m not in ("torch", "numpy")]  # the host itself brings these two
+    assert heavy == [], f"registration imported heavy modules: {heavy}"
     assert info["runtime"] == "ComfyRuntime"
     for folder in ("follow_your_emoji", "mediapipe", "animatediff_models"):
         paths = info["folders"][folder]

@@ -7,8 +7,6 @@ Library calls with recording runtimes, and the sampler nodes over the recorded s
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -86,8 +84,6 @@ def test_cancel_is_honoured_inside_one_unet_evaluation(parts, monkeypatch):
         generate_latents(model, ref, LazyControls(aligned, (SIZE, SIZE)), SamplerSettings(steps=3, window=10),
                          device="cpu", runtime=CancelAt(at=1 + blocks // 2))
     assert calls == {"entered": 1, "left": 0}
-    # the checks are gone once sampling ends (cancelled or not): the networks are left as they were
-    assert not any(m._forward_pre_hooks for m in model.modules())
 
 
 def test_every_step_shows_its_estimate(parts):
@@ -109,8 +105,7 @@ def test_every_step_shows_its_estimate(parts):
 
 
 def test_activation_estimate_covers_what_a_window_uses(parts):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-    from sampler import PeakTensorMemory
+    from trainer.memory import PeakTensorMemory
 
     model = parts[0]
     for frames, size in ((4, 8), (8, 16)):

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from emoji_model.checkpoints import released_state_dicts
+from emoji_model.constants import LATENT_SCALE
 from emoji_model.networks import FollowYourEmoji, FYEConfig, build_model
 
 
@@ -63,7 +64,7 @@ TINY_HIDDEN = {"attention_heads": 2, "norm_num_groups": 8, "motion_heads": 2, "q
 
 TINY_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
                 up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 16, 16, 16], layers_per_block=1,
-                latent_channels=4, norm_num_groups=8, sample_size=64, scaling_factor=0.18215)
+                latent_channels=4, norm_num_groups=8, sample_size=64, scaling_factor=LATENT_SCALE)
 # 32-pixel images in 8-pixel patches: 17 tokens of 48 = the tiny config's clip_dim.
 TINY_CLIP = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, image_size=32,
                  patch_size=8, projection_dim=16, hidden_act="quick_gelu")
@@ -107,8 +108,8 @@ _TOP_TO_LDM = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear
 def to_ldm_unet(state: dict[str, torch.Tensor], layers: int, attn_levels: tuple[bool, ...]) -> dict[str, torch.Tensor]:
     """A diffusers-named SD UNet state dict in the original ldm layout ("model.diffusion_model.*").
 
-    Written independently of diffusers' converter (the inverse of its key map), so that loading the result
-    through diffusers' ``convert_ldm_unet_checkpoint`` checks both directions.
+    Written independently of the loader's table (emoji_model.checkpoints.sd_unet), so that loading the
+    result checks the table in the other direction.
     """
     out = {}
     per = layers + 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
@@ -10,6 +12,7 @@ from ..errors import InvalidRequestError
 from .blocks import BankOnlyBlock, build_spatial_blocks, maybe_checkpoint, set_reference_processors
 from .config import FYEConfig
 from .image_prompt import build_image_prompt
+from .walk import WalkHooks, needs_upsample_sizes, walk_unet
 
 
 class AppearanceNet(nn.Module):
@@ -48,9 +51,12 @@ class AppearanceNet(nn.Module):
     def _blocks(self) -> list[nn.Module]:
         return [*self.down_blocks, self.mid_block, *self.up_blocks]
 
-    def forward(self, latent: torch.Tensor, prompt_tokens: torch.Tensor,
-                timestep: torch.Tensor | int = 0) -> list[torch.Tensor]:
-        """Banks [B, h_i·w_i, C_i] for a latent [B,4,h,w] and projected prompt tokens [B,T,D], in UNet order."""
+    def forward(self, latent: torch.Tensor, prompt_tokens: torch.Tensor, timestep: torch.Tensor | int = 0,
+                on_block: Callable[[str], None] | None = None) -> list[torch.Tensor]:
+        """Banks [B, h_i·w_i, C_i] for a latent [B,4,h,w] and projected prompt tokens [B,T,D], in UNet order.
+
+        ``on_block(name)`` is called after every resnet and transformer (see :class:`WalkHooks`).
+        """
         ckpt = self.gradient_checkpointing and self.training
         dtype = self.conv_in.weight.dtype
         x = latent.to(dtype)
@@ -66,47 +72,14 @@ class AppearanceNet(nn.Module):
                        return_dict=False)[0]
             return (out, *capture)
 
-        def run_attention(attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        def capture_banks(name: str, attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
             out, *captured = maybe_checkpoint(ckpt, attend, attn, h, ctx)
             banks.extend(captured)
             return out
 
-        h = self.conv_in(x)
-        skips = [h]
-        for block in self.down_blocks:
-            attentions = getattr(block, "attentions", None)
-            for j, resnet in enumerate(block.resnets):
-                h = maybe_checkpoint(ckpt, resnet, h, emb)
-                if attentions is not None:
-                    h = run_attention(attentions[j], h)
-                skips.append(h)
-            if block.downsamplers is not None:
-                h = block.downsamplers[0](h)
-                skips.append(h)
-
-        h = maybe_checkpoint(ckpt, self.mid_block.resnets[0], h, emb)
-        for attn, resnet in zip(self.mid_block.attentions, self.mid_block.resnets[1:]):
-            h = run_attention(attn, h)
-            h = maybe_checkpoint(ckpt, resnet, h, emb)
-
-        for i, block in enumerate(self.up_blocks):
-            attentions = getattr(block, "attentions", None)
-            last_block = i == len(self.up_blocks) - 1
-            for j, resnet in enumerate(block.resnets):
-                h = maybe_checkpoint(ckpt, resnet, torch.cat([h, skips.pop()], dim=1), emb)
-                if attentions is not None:
-                    if last_block and j == len(block.resnets) - 1:
-                        # The last bank: only the normalised input of this block is used.
-                        run_attention(attentions[j], h)
-                        return banks
-                    h = run_attention(attentions[j], h)
-            if block.upsamplers is not None:
-                size = skips[-1].shape[-2:] if _needs_size(x, self.config) else None
-                h = block.upsamplers[0](h, size)
+        # The last bank is the normalised input of the last transformer: nothing after it is computed.
+        last = f"up_blocks.{len(self.up_blocks) - 1}.attentions.{len(self.up_blocks[-1].resnets) - 1}"
+        hooks = WalkHooks(attention=capture_banks, on_block=on_block, stop_after=last)
+        walk_unet(self.down_blocks, self.mid_block, self.up_blocks, self.conv_in(x), emb, hooks, checkpoint=ckpt,
+                  upsample_sizes=needs_upsample_sizes(x, self.config.levels))
         return banks
-
-
-def _needs_size(x: torch.Tensor, cfg: FYEConfig) -> bool:
-    """True when the latent is not a multiple of the UNet's total downsampling (force upsample sizes)."""
-    factor = 2 ** (cfg.levels - 1)
-    return any(s % factor for s in x.shape[-2:])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -115,7 +115,8 @@ class FollowYourEmoji(nn.Module):
     def denoise(self, sample: torch.Tensor, timestep: torch.Tensor | int, prompt_tokens: torch.Tensor,
                 banks: Sequence[torch.Tensor] | None, landmark_features: torch.Tensor | None = None,
                 covered: torch.Tensor | None = None, cover_mask: torch.Tensor | None = None,
-                temporal: bool = True, bank_mask: torch.Tensor | None = None) -> torch.Tensor:
+                temporal: bool = True, bank_mask: torch.Tensor | None = None,
+                on_block: Callable[[str], None] | None = None) -> torch.Tensor:
         """One UNet evaluation: sample [B,4,F,h,w] at ``timestep`` → model output [B,4,F,h,w].
 
         ``prompt_tokens`` [B,T',D]; ``banks`` from :meth:`appearance_banks` with the same batch B (or
@@ -123,8 +124,9 @@ class FollowYourEmoji(nn.Module):
         unconditional branch); ``landmark_features`` [B,C0,F,h,w]; ``covered`` [B,4,F,h,w] are the known
         latents with covered frames zeroed and ``cover_mask`` [B,1,F,h,w] is 1 where a frame is covered
         (unknown), 0 where it is given — both only with ``config.cover_channels``; when omitted, every frame
-        counts as covered. ``temporal=False`` skips the temporal layers (frames independent). The output
-        has the dtype of ``sample``.
+        counts as covered. ``temporal=False`` skips the temporal layers (frames independent). ``on_block(name)``
+        is called after every resnet, transformer and temporal module (the sampler checks Cancel there). The
+        output has the dtype of ``sample``.
         """
         cfg = self.config
         if sample.ndim != 5 or sample.shape[1] != cfg.in_channels:
@@ -156,7 +158,7 @@ class FollowYourEmoji(nn.Module):
             raise InvalidRequestError("this checkpoint has no covered-latent input channels (cover_channels=0); "
                                       "impose known frames by replacing their noised latents instead")
         out = self.unet(sample, timestep, prompt_tokens, banks=banks, bank_mask=bank_mask,
-                        landmark_features=landmark_features, cover=cover, temporal=temporal)
+                        landmark_features=landmark_features, cover=cover, temporal=temporal, on_block=on_block)
         return out.to(sample.dtype)
 
     def _cover_input(self, sample: torch.Tensor, covered: torch.Tensor | None,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from einops import rearrange, repeat
 from torch import nn
 
 from ..errors import InvalidRequestError
-from .appearance import _needs_size
 from .blocks import build_spatial_blocks, maybe_checkpoint, set_reference_processors
 from .config import FYEConfig
+from .walk import WalkHooks, needs_upsample_sizes, walk_unet
 
 
 class DenoisingUNet(nn.Module):
@@ -44,8 +46,12 @@ class DenoisingUNet(nn.Module):
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, prompt_tokens: torch.Tensor,
                 banks: list[torch.Tensor] | None = None, bank_mask: torch.Tensor | None = None,
                 landmark_features: torch.Tensor | None = None, cover: torch.Tensor | None = None,
-                temporal: bool = True) -> torch.Tensor:
-        """Model output [B,C,F,h,w] for a sample [B,C,F,h,w] (see FollowYourEmoji.denoise)."""
+                temporal: bool = True, on_block: Callable[[str], None] | None = None) -> torch.Tensor:
+        """Model output [B,C,F,h,w] for a sample [B,C,F,h,w] (see FollowYourEmoji.denoise).
+
+        ``on_block(name)`` is called after every resnet, transformer and temporal module (see
+        :class:`WalkHooks`).
+        """
         b, _, frames, _, _ = sample.shape
         ckpt = self.gradient_checkpointing and self.training
         dtype = self.conv_in.weight.dtype
@@ -70,50 +76,20 @@ class DenoisingUNet(nn.Module):
                 kwargs.update(bank=bank, bank_rows=rows)
             return attn(h, encoder_hidden_states=context, cross_attention_kwargs=kwargs, return_dict=False)[0]
 
-        def run_attention(attn, h):
+        def inject_bank(name: str, attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            # Banks come in UNet order, one per spatial transformer.
             bank = next(bank_iter).to(dtype) if bank_iter is not None else None
             return maybe_checkpoint(ckpt, attend, attn, h, ctx, bank, bank_rows)
 
-        def run_motion(module, h):
-            if not temporal:
-                return h
+        def run_motion(name: str, module: nn.Module, h: torch.Tensor) -> torch.Tensor:
             return maybe_checkpoint(ckpt, module, h, frames)
 
         h = self.conv_in(x)
         if landmark_features is not None:
             h = h + rearrange(landmark_features.to(dtype), "b c f h w -> (b f) c h w")
-
-        skips = [h]
-        for block in self.down_blocks:
-            attentions = getattr(block, "attentions", None)
-            for j, resnet in enumerate(block.resnets):
-                h = maybe_checkpoint(ckpt, resnet, h, emb)
-                if attentions is not None:
-                    h = run_attention(attentions[j], h)
-                h = run_motion(block.motion_modules[j], h)
-                skips.append(h)
-            if block.downsamplers is not None:
-                h = block.downsamplers[0](h)
-                skips.append(h)
-
-        mid_motion = getattr(self.mid_block, "motion_modules", None)
-        h = maybe_checkpoint(ckpt, self.mid_block.resnets[0], h, emb)
-        for k, (attn, resnet) in enumerate(zip(self.mid_block.attentions, self.mid_block.resnets[1:])):
-            h = run_attention(attn, h)
-            if mid_motion is not None:
-                h = run_motion(mid_motion[k], h)
-            h = maybe_checkpoint(ckpt, resnet, h, emb)
-
-        for block in self.up_blocks:
-            attentions = getattr(block, "attentions", None)
-            for j, resnet in enumerate(block.resnets):
-                h = maybe_checkpoint(ckpt, resnet, torch.cat([h, skips.pop()], dim=1), emb)
-                if attentions is not None:
-                    h = run_attention(attentions[j], h)
-                h = run_motion(block.motion_modules[j], h)
-            if block.upsamplers is not None:
-                size = skips[-1].shape[-2:] if _needs_size(x, self.config) else None
-                h = block.upsamplers[0](h, size)
+        hooks = WalkHooks(attention=inject_bank, motion=run_motion if temporal else None, on_block=on_block)
+        h = walk_unet(self.down_blocks, self.mid_block, self.up_blocks, h, emb, hooks, checkpoint=ckpt,
+                      upsample_sizes=needs_upsample_sizes(x, self.config.levels))
 
         if bank_iter is not None and next(bank_iter, None) is not None:
             raise InvalidRequestError("more appearance banks were given than the UNet has attention layers")

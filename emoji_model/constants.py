@@ -1,0 +1,71 @@
+"""Numbers and choices that the library, the nodes, the command line and the trainer share.
+
+This module imports nothing, so that node registration can read the choices its inputs offer
+without importing torch, numpy or MediaPipe; the library modules that use a value import it from
+here, so that each is defined once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LATENT_SCALE = 0.18215
+"""SD-1.5's VAE scaling factor: the networks and the sampler work on VAE latents × this."""
+
+# -- landmarks and alignment (emoji_model.landmarks, emoji_model.align) ------------------------
+FACE_LANDMARKER_FILE = "face_landmarker.task"
+EXTRACT_MODES = ("auto", "video", "image")
+NEUTRAL_CHOICES = ("auto", "first")
+
+# -- crop and paste-back (emoji_model.crop) ------------------------------------------------------
+PAD_MODES = ("edge", "reflect", "black")
+BATCH_BOXES = ("union", "median")
+
+# -- expression editor (emoji_model.editor) ------------------------------------------------------
+INTERPOLATIONS = ("linear", "smoothstep", "step")
+
+
+@dataclass(frozen=True)
+class Control:
+    """One editable expression control: its name, its range and what it does."""
+
+    name: str
+    lo: float
+    hi: float
+    help: str
+
+    @property
+    def degrees(self) -> bool:
+        """True for the head rotations, whose values are angles in degrees."""
+        return self.name in ("yaw", "pitch", "roll")
+
+
+CONTROLS: dict[str, Control] = {c.name: c for c in (
+    Control("blink", -0.5, 1.0, "close both eyes: 1 shut, negative widens them"),
+    Control("blink_left", -0.5, 1.0, "close the subject's left eye (the image's right), added to blink"),
+    Control("blink_right", -0.5, 1.0, "close the subject's right eye (the image's left), added to blink"),
+    Control("smile", -1.0, 1.0, "mouth corners up and out; negative: down, a frown"),
+    Control("mouth_open", 0.0, 1.0, "lower lip and chin down"),
+    Control("brow_raise", -1.0, 1.0, "eyebrows up; negative: down"),
+    Control("pupil_x", -1.0, 1.0, "gaze toward the image's right (+) or left (-)"),
+    Control("pupil_y", -1.0, 1.0, "gaze up (+) or down (-)"),
+    Control("yaw", -45.0, 45.0, "degrees: the face turns toward the image's right (+)"),
+    Control("pitch", -30.0, 30.0, "degrees: the chin goes up (+)"),
+    Control("roll", -45.0, 45.0, "degrees: the head tilts clockwise in the image (+)"),
+)}
+
+# -- checkpoints (emoji_model.checkpoints) -------------------------------------------------------
+RELEASED_FILES = {"referencenet": "appearance", "unet": "unet", "lmk_guider": "guider"}
+"""Stems of the released weight files and the component of our model each one fills."""
+
+# -- sampling (emoji_model.sampling, emoji_model.pipeline) --------------------------------------
+SCHEDULER_NAMES = ("ddim", "dpmpp_2m", "euler", "euler_ancestral", "unipc", "ddpm")
+# What the nodes call them: diffusers' schedulers on this pack's noise schedule. ComfyUI's samplers of
+# similar names (ddim, euler, dpmpp_2m, uni_pc, ddpm) compute differently, so the names say "diffusers".
+SCHEDULER_LABELS: dict[str, str] = {
+    "ddim": "DDIM (diffusers)", "dpmpp_2m": "DPM++ 2M (diffusers)", "euler": "Euler (diffusers)",
+    "euler_ancestral": "Euler ancestral (diffusers)", "unipc": "UniPC (diffusers)", "ddpm": "DDPM (diffusers)",
+}
+FUSIONS = ("pyramid", "flat")
+KNOWN_MODES = ("auto", "covered", "replace")
+"""How the progressive sampler imposes the keyframes of a gap (see pipeline.progressive_latents)."""

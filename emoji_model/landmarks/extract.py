@@ -1,0 +1,306 @@
+"""Landmark extraction with MediaPipe's face landmarker (Tasks API): stills, videos, files, batches."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import geometry
+from ..constants import EXTRACT_MODES, FACE_LANDMARKER_FILE
+from ..errors import InvalidRequestError, LandmarkerError, NoFaceDetectedError
+from ..provenance import image_signature
+from ..runtime import resolve
+from .masks import face_masks
+from .render import render_controls
+from .track import NUM_BLENDSHAPES, NUM_POINTS, FaceTrack, empty_track, fill_invalid
+
+if TYPE_CHECKING:
+    from ..runtime import StandaloneRuntime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Face:
+    """One face found in one image: landmarks, MediaPipe's pose matrix, blendshapes."""
+
+    points: np.ndarray       # [478, 3]
+    pose: np.ndarray | None  # [4, 4]
+    blendshapes: np.ndarray  # [52]
+
+    def area(self, size: tuple[int, int]) -> float:
+        """Area of the landmarks' bounding box in pixels (used to rank faces by size)."""
+        span = self.points[:, :2].max(0) - self.points[:, :2].min(0)
+        return float(span[0] * size[0] * span[1] * size[1])
+
+
+class FaceLandmarker:
+    """MediaPipe's face landmarker (Tasks API) as a context manager; one per image or video."""
+
+    def __init__(self, model_path: str | os.PathLike | None = None, video: bool = False,
+                 num_faces: int = 2, runtime: StandaloneRuntime | None = None):
+        from mediapipe.tasks.python import vision
+        from mediapipe.tasks.python.core.base_options import BaseOptions
+
+        self.model_path = resolve_face_model(model_path, runtime)
+        self.video = video
+        mode = vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE
+        options = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(self.model_path)), running_mode=mode,
+            num_faces=max(1, int(num_faces)), output_face_blendshapes=True,
+            output_facial_transformation_matrixes=True)
+        try:
+            self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        except (RuntimeError, ValueError) as exc:
+            raise InvalidRequestError(f"MediaPipe cannot load the face landmarker '{self.model_path}': "
+                                      f"{exc}") from exc
+        self._last_ts = -1
+
+    def __enter__(self) -> FaceLandmarker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release MediaPipe's graph now (its own finaliser can crash at interpreter exit)."""
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def detect(self, image: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
+        """Faces in an RGB uint8 image, largest first; video mode needs increasing timestamps."""
+        import mediapipe as mp
+
+        image = as_rgb_uint8(image)
+        h, w = image.shape[:2]
+        if h < 2 or w < 2:
+            return []
+        mp_image = mp.Image(image_format=mp.ImageFormat.SRGB, data=image)
+        try:
+            if self.video:
+                ts = max(self._last_ts + 1, int(timestamp_ms or 0))
+                self._last_ts = ts
+                result = self._landmarker.detect_for_video(mp_image, ts)
+            else:
+                result = self._landmarker.detect(mp_image)
+        except (RuntimeError, ValueError) as exc:
+            # Images too small to hold a face were answered above; anything MediaPipe raises now is
+            # its own failure, which must not pass for a frame without a face.
+            raise LandmarkerError(f"MediaPipe's face landmarker failed on a {w}x{h} image ({exc}). Check the "
+                                  f"face model file '{self.model_path}' and the MediaPipe installation "
+                                  "(pip install mediapipe).") from exc
+        faces = []
+        for i, landmarks in enumerate(result.face_landmarks):
+            if len(landmarks) != NUM_POINTS:
+                continue
+            points = np.array([(p.x, p.y, p.z) for p in landmarks], dtype=np.float64)
+            pose = None
+            if i < len(result.facial_transformation_matrixes):
+                pose = np.asarray(result.facial_transformation_matrixes[i], dtype=np.float64)
+            blend = np.zeros(NUM_BLENDSHAPES)
+            if i < len(result.face_blendshapes):
+                scores = [c.score for c in result.face_blendshapes[i]][:NUM_BLENDSHAPES]
+                blend[:len(scores)] = scores
+            faces.append(Face(points, pose, blend))
+        faces.sort(key=lambda f: -f.area((w, h)))
+        return faces
+
+
+def resolve_face_model(model_path: str | os.PathLike | None = None,
+                       runtime: StandaloneRuntime | None = None) -> Path:
+    """Path of the face landmarker bundle: ``model_path`` (a path or a name in models/mediapipe) or the default."""
+    return resolve(runtime).find_model("mediapipe", str(model_path or FACE_LANDMARKER_FILE))
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """An image as contiguous uint8 RGB [H, W, 3] (grey expanded, alpha dropped, floats 0..1 scaled)."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise InvalidRequestError(f"expected an image [H, W, 3], got shape {image.shape}")
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    image = image[..., :3]
+    if image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.floating):
+            image = np.clip(np.nan_to_num(image) * 255.0 + 0.5, 0, 255)
+        image = image.astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+def _pick(faces: list[Face], face_index: int) -> Face | None:
+    return faces[face_index] if face_index < len(faces) else None
+
+
+def extract_image(image: np.ndarray, *, face_index: int = 0, face_model: str | os.PathLike | None = None,
+                  what: str = "the image", runtime: StandaloneRuntime | None = None) -> FaceTrack:
+    """Landmarks of one still (IMAGE mode) as a one-frame track; NoFaceDetectedError if none."""
+    return extract_stills([image], face_index=face_index, face_model=face_model, what=what, runtime=runtime)
+
+
+def extract_stills(images: Sequence[np.ndarray] | np.ndarray, *, face_index: int = 0,
+                   face_model: str | os.PathLike | None = None, what: str = "the image",
+                   runtime: StandaloneRuntime | None = None) -> FaceTrack:
+    """Landmarks of independent stills of one size (IMAGE mode, no tracking); every one needs a face."""
+    rt = resolve(runtime)
+    images = [as_rgb_uint8(im) for im in images]
+    if not images:
+        raise InvalidRequestError(f"{what}: zero images")
+    h, w = images[0].shape[:2]
+    if any(im.shape[:2] != (h, w) for im in images):
+        raise InvalidRequestError(f"{what}: the images differ in size")
+    track = empty_track(len(images), (w, h), 0.0)
+    with FaceLandmarker(face_model, video=False, num_faces=max(4, face_index + 1), runtime=rt) as lm, \
+            rt.progress(len(images), "face landmarks") as bar:
+        model = geometry.load_canonical_model(lm.model_path)
+        for i, image in enumerate(images):
+            rt.check_interrupt()
+            faces = lm.detect(image)
+            face = _pick(faces, face_index)
+            if face is None:
+                name = what if len(images) == 1 else f"image {i} of {what}"
+                hint = None
+                if faces:
+                    hint = (f"Only {len(faces)} face(s) found; face_index {face_index} asks for face "
+                            f"number {face_index + 1} by size. Use a smaller face_index.")
+                raise NoFaceDetectedError(name, hint)
+            _store(track, i, face)
+            bar.update()
+    _finish_geometry(track, model)
+    if len(images) == 1:
+        track.source = image_signature(images[0])
+    return track
+
+
+def extract_video(frames: Iterable[np.ndarray], fps: float = 25.0, *, face_index: int = 0,
+                  face_model: str | os.PathLike | None = None, total: int | None = None,
+                  what: str = "the driving video", runtime: StandaloneRuntime | None = None) -> FaceTrack:
+    """Landmarks of video frames (VIDEO mode, temporal tracking); missing faces are interpolated.
+
+    Frames without a face stay marked invalid in ``valid`` and are filled from the nearest valid
+    frames. NoFaceDetectedError when no frame has a face.
+    """
+    rt = resolve(runtime)
+    fps = float(fps) if fps and fps > 0 else 25.0
+    if total is None and hasattr(frames, "__len__"):
+        total = len(frames)  # type: ignore[arg-type]
+    found: list[Face | None] = []
+    size: tuple[int, int] | None = None
+    with FaceLandmarker(face_model, video=True, num_faces=max(2, face_index + 1), runtime=rt) as lm, \
+            rt.progress(total or 0, "face landmarks") as bar:
+        model = geometry.load_canonical_model(lm.model_path)
+        for i, frame in enumerate(frames):
+            rt.check_interrupt()
+            frame = as_rgb_uint8(frame)
+            frame_size = (frame.shape[1], frame.shape[0])
+            if size is None:
+                size = frame_size
+            elif frame_size != size:
+                raise InvalidRequestError(f"frame {i} of {what} is {frame_size[0]}x{frame_size[1]}, "
+                                          f"the first frame {size[0]}x{size[1]}")
+            found.append(_pick(lm.detect(frame, round(i * 1000.0 / fps)), face_index))
+            bar.update()
+    if not found:
+        raise InvalidRequestError(f"{what} has no frame")
+    track = empty_track(len(found), size, fps)
+    for i, face in enumerate(found):
+        if face is not None:
+            _store(track, i, face)
+    if not track.valid.any():
+        raise NoFaceDetectedError(f"any of the {len(found)} frames of {what}")
+    _finish_geometry(track, model)
+    missing = int((~track.valid).sum())
+    if missing:
+        frames_list = np.flatnonzero(~track.valid)
+        log.warning("no face in %d of %d frames of %s (frames %s); filled by interpolation",
+                    missing, len(track), what, _ranges(frames_list))
+        track = fill_invalid(track)
+    return track
+
+
+def extract_file(path: str | os.PathLike, *, face_index: int = 0, face_model: str | os.PathLike | None = None,
+                 runtime: StandaloneRuntime | None = None) -> FaceTrack:
+    """Landmarks of an image file (a one-frame track) or a video file (every frame)."""
+    from ..video import is_image_file, iter_video, load_image, prefetch, probe_video
+
+    path = Path(path)
+    if is_image_file(path):
+        return extract_image(load_image(path), face_index=face_index, face_model=face_model,
+                             what=f"image '{path.name}'", runtime=runtime)
+    fps, count = probe_video(path)
+    return extract_video(prefetch(iter_video(path)), fps, face_index=face_index, face_model=face_model,
+                         total=count or None, what=f"video '{path.name}'", runtime=runtime)
+
+
+def extract_auto(images: np.ndarray, *, mode: str = "auto", fps: float = 25.0, face_index: int = 0,
+                 face_model: str | os.PathLike | None = None, what: str = "the images",
+                 runtime: StandaloneRuntime | None = None) -> FaceTrack:
+    """A batch [B, H, W, 3] as video frames (VIDEO mode) or independent stills (IMAGE mode).
+
+    mode "auto": one image is a still, more are video frames.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if len(images) == 0:
+        raise InvalidRequestError(f"{what}: zero images")
+    if mode not in EXTRACT_MODES:
+        raise InvalidRequestError(f"mode must be one of {EXTRACT_MODES}, got {mode!r}")
+    if mode == "image" or (mode == "auto" and len(images) == 1):
+        return extract_stills(images, face_index=face_index, face_model=face_model, what=what, runtime=runtime)
+    return extract_video(images, fps, face_index=face_index, face_model=face_model, what=what,
+                         runtime=runtime)
+
+
+def extract_controls(images: np.ndarray, *, mode: str = "auto", fps: float = 25.0, face_index: int = 0,
+                     face_model: str | os.PathLike | None = None, include_contour: bool = False,
+                     outer_lips: bool = False, what: str = "the images",
+                     runtime: StandaloneRuntime | None = None) -> tuple[FaceTrack, np.ndarray, np.ndarray]:
+    """(track, control renders uint8 [B, H, W, 3], face mask bool [B, H, W]) of an image batch.
+
+    The mask is the union of the expression mask and the facial mask (paper 4.2).
+    """
+    track = extract_auto(images, mode=mode, fps=fps, face_index=face_index, face_model=face_model,
+                         what=what, runtime=runtime)
+    controls = render_controls(track, include_contour=include_contour, outer_lips=outer_lips, runtime=runtime)
+    expression, facial = face_masks(track, runtime=runtime)
+    return track, controls, expression | facial
+
+
+def _store(track: FaceTrack, i: int, face: Face) -> None:
+    track.points[i] = face.points
+    track.blendshapes[i] = face.blendshapes
+    track.valid[i] = True
+    if face.pose is not None:
+        track.pose[i] = face.pose
+    else:
+        track.pose[i] = np.nan  # filled by _finish_geometry with the fitted pose
+
+
+def _finish_geometry(track: FaceTrack, model: geometry.CanonicalModel) -> None:
+    """Canonical vertices of the valid frames, relative to MediaPipe's pose (batched over frames)."""
+    idx = np.flatnonzero(track.valid)
+    fit = geometry.screen_to_metric(track.points[idx].astype(np.float64), track.size, model)
+    pose = track.pose[idx].astype(np.float64)
+    missing = np.isnan(pose).any(axis=(-1, -2))
+    pose[missing] = fit.pose[missing]
+    track.pose[idx] = pose
+    track.canonical[idx] = geometry.apply_pose(geometry.invert_pose(pose), fit.metric)
+
+
+def _ranges(indices: np.ndarray) -> str:
+    parts, start = [], None
+    for a, b in zip(indices, list(indices[1:]) + [None]):
+        start = a if start is None else start
+        if b != a + 1:
+            parts.append(f"{start}" if start == a else f"{start}-{a}")
+            start = None
+    return ", ".join(parts[:10]) + (" ..." if len(parts) > 10 else "")
