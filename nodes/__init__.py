@@ -8,8 +8,6 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 
 
-
-
 def _register(module) -> None:
     for cls in module.NODES:
         node_id = cls.NODE_ID

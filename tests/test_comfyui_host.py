@@ -1,6 +1,6 @@
 """The pack inside a real ComfyUI 0.8.0, as its users run it (CI runs these; nothing is skipped).
 
-One server for the module (tests/comfy_server.py): ../shared/comfyui (or COMFYUI_DIR) in its own venv
+One server for the session (tests/comfy_server.py): ../shared/comfyui (or COMFYUI_DIR) in its own venv
 (.venv-comfyui, scripts/setup_comfyui.sh), started with --cpu on 127.0.0.1, with this checkout in
 custom_nodes/ under the README's install name. Every API graph of tests/workflows/ is posted exactly
 as it is shipped and must finish with output; the diffusion graphs run on the bundled model. Time
@@ -35,7 +35,7 @@ def _workflow(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory):
     why = missing_host()
     if why:
