@@ -193,7 +193,7 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
         cond = conditioning(reference, feats, settings.cfg)
         scheduler = previewing(make_model_scheduler(model, settings), rt)
         scheduler.set_timesteps(settings.steps, device=device)
-        noise = initial_noise((1, 4, num, h, w), settings.seed, device, torch.float32)
+        noise = initial_noise((1, 4, num, h, w), settings.seed, device, torch.float32, share=settings.noise_share)
         denoiser = make_denoiser(model, cond, settings.cfg, settings.temporal, dtype=dtype,
                                  on_block=block_checks(rt))
         total = count_windows(num, settings.window, settings.overlap, settings.steps)
@@ -240,7 +240,8 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
 
     def run(frames: list[int], known=None, covered=None, mask=None, bar=None):
         feats = landmark_features(model, control[frames], device, dtype)
-        init = initial_noise((1, 4, len(frames), h, w), settings.seed, device, torch.float32, frames)
+        init = initial_noise((1, 4, len(frames), h, w), settings.seed, device, torch.float32, frames,
+                             share=settings.noise_share)
         sched = previewing(make_model_scheduler(model, settings), rt)
         sched.set_timesteps(settings.steps, device=device)
         cond = conditioning(reference, feats, settings.cfg)
