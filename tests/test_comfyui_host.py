@@ -233,13 +233,18 @@ def test_no_images_without_a_vae(server):
     assert run.outputs  # the rest of the graph ran: its videos were written
 
 
-def test_templates_and_help_pages_are_served(server):
+def test_templates_load_with_no_missing_node_and_help_pages_are_served(server):
     templates = server.get("/workflow_templates").json()
     shipped = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
     assert sorted(templates.get(PACK_NAME, [])) == shipped, templates
+    from test_workflows import FRONTEND_ONLY
+
+    known = set(server.get("/object_info").json()) | FRONTEND_ONLY
     for name in shipped:
         graph = server.get(f"/api/workflow_templates/{PACK_NAME}/{name}.json")
         assert graph.ok and graph.json()["nodes"], name
+        missing = {n["type"] for n in graph.json()["nodes"]} - known  # what the UI would draw as missing
+        assert not missing, f"{name}: node types this ComfyUI does not have: {sorted(missing)}"
         thumb = server.get(f"/api/workflow_templates/{PACK_NAME}/{name}.jpg")
         assert thumb.ok and thumb.content[:2] == b"\xff\xd8", name
     import nodes
