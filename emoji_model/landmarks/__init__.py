@@ -21,6 +21,7 @@ from .extract import (
     extract_video,
     resolve_face_model,
 )
+from .group import FaceGroup, FYEFaces, faces_of, from_faces, load_faces, save_faces, single_face
 from .masks import HEAD_OVAL, expression_mask, face_masks, face_width, facial_mask
 from .render import (
     CONTOUR_COLOR,
@@ -40,7 +41,9 @@ from .track import (
     NUM_POINTS,
     RIGHT_EYE_APERTURE,
     RIGHT_IRIS,
+    LOOP_BLEND,
     FaceTrack,
+    close_loop,
     empty_track,
     eye_aperture,
     fill_invalid,
@@ -48,11 +51,11 @@ from .track import (
 )
 
 __all__ = [
-    "CONTOUR_COLOR", "EXTRACT_MODES", "HEAD_OVAL", "LEFT_EYE_APERTURE", "LEFT_IRIS", "NUM_BLENDSHAPES", "NUM_POINTS",
+    "CONTOUR_COLOR", "EXTRACT_MODES", "HEAD_OVAL", "LEFT_EYE_APERTURE", "LEFT_IRIS", "LOOP_BLEND", "NUM_BLENDSHAPES", "NUM_POINTS",
     "PART_COLORS", "PUPIL_COLOR", "REFERENCE_SIZE", "RIGHT_EYE_APERTURE", "RIGHT_IRIS",
-    "Face", "FaceLandmarker", "FaceTrack", "Topology",
-    "as_rgb_uint8", "empty_track", "expression_mask", "extract_auto", "extract_controls", "extract_file",
+    "FYEFaces", "Face", "FaceGroup", "FaceLandmarker", "FaceTrack", "Topology",
+    "as_rgb_uint8", "close_loop", "empty_track", "expression_mask", "extract_auto", "extract_controls", "extract_file",
     "extract_image", "extract_stills", "extract_video", "eye_aperture", "face_masks", "face_width",
-    "facial_mask", "fill_invalid", "line_width", "neutral_frame", "pupil_half_width", "render_controls",
+    "faces_of", "facial_mask", "fill_invalid", "from_faces", "load_faces", "save_faces", "single_face", "line_width", "neutral_frame", "pupil_half_width", "render_controls",
     "render_frame", "resolve_face_model", "topology",
 ]
