@@ -3,9 +3,10 @@
 Everything happens in MediaPipe's canonical face space:
 
 1. expression: each driving frame's canonical vertices minus those of a neutral driving frame,
-   weighted per region (:mod:`emoji_model.regions`) and scaled, added to the reference's canonical
-   vertices; a driving photo, which has no neutral frame of its own, has its expression re-created
-   from its blendshape scores with the expression editor's displacement fields;
+   the lids' motion scaled to the portrait's eye opening, weighted per region
+   (:mod:`emoji_model.regions`) and scaled, added to the reference's canonical vertices; a driving
+   photo, which has no neutral frame of its own, has its expression re-created from its blendshape
+   scores with the expression editor's displacement fields;
 2. head rotation (:data:`~emoji_model.constants.ROTATION_MODES`): ``relative`` composes the
    portrait's own rotation with the driving rotation relative to the neutral frame, in the head's
    own axes (R_ref · R_kᵀ · R_i), so a tilted or turned portrait keeps its pose; ``absolute`` takes
@@ -20,8 +21,8 @@ Everything happens in MediaPipe's canonical face space:
    at the portrait's place moved as the driving gaze moved (``relative``), at the driving place
    (``absolute``, released) or at the portrait's place (``off``).
 
-``rotation="absolute", translation="released", iris="absolute"`` (:data:`RELEASED`) is the released
-aligner. Vectorised over frames: a 100-frame video aligns in a few milliseconds.
+:data:`RELEASED` (``rotation="absolute", translation="released", iris="absolute", lids="absolute"``)
+is the released aligner. Vectorised over frames: a 100-frame video aligns in a few milliseconds.
 """
 
 from __future__ import annotations
@@ -34,11 +35,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import geometry
-from .constants import IRIS_MODES, NEUTRAL_CHOICES, ROTATION_MODES, TRANSLATION_LIMIT, TRANSLATION_MODES
+from .constants import IRIS_MODES, LID_MODES, NEUTRAL_CHOICES, ROTATION_MODES, TRANSLATION_LIMIT, TRANSLATION_MODES
 from .errors import InvalidRequestError, NoFaceDetectedError
-from .landmarks import FaceTrack, close_loop, faces_of, fill_invalid, from_faces, neutral_frame, topology
+from .landmarks import (
+    LEFT_EYE_APERTURE,
+    RIGHT_EYE_APERTURE,
+    FaceTrack,
+    close_loop,
+    faces_of,
+    fill_invalid,
+    from_faces,
+    neutral_frame,
+    topology,
+)
 from .projection import iris_relative, place_iris, project_onto
-from .regions import Regions, as_regions, vertex_weights
+from .regions import Regions, as_regions, memberships, vertex_weights
 from .runtime import resolve
 
 if TYPE_CHECKING:
@@ -50,8 +61,9 @@ __all__ = ["RELEASED", "align_faces", "align_motion", "iris_relative", "neutral_
 
 log = logging.getLogger(__name__)
 
-RELEASED = {"rotation": "absolute", "translation": "released", "iris": "absolute"}
-"""The released aligner's choices: driving rotation, translation since frame 0, driving pupil places."""
+RELEASED = {"rotation": "absolute", "translation": "released", "iris": "absolute", "lids": "absolute"}
+"""The released aligner's choices: driving rotation, translation since frame 0, driving pupil places,
+the lids moved as far as the driver's."""
 
 
 def resolve_neutral(driving: FaceTrack, neutral: str | int = "auto") -> int:
@@ -190,14 +202,33 @@ def head_translations(reference: FaceTrack, driving: FaceTrack, neutral: int, mo
 
 # -- expression and pupils -------------------------------------------------------------------
 
-def _expression_deltas(ref: FaceTrack, drv: FaceTrack, k: int, from_blendshapes: bool) -> np.ndarray:
+EYE_RATIO_RANGE = (0.3, 3.0)
+"""Bounds of the eye-opening ratio that scales the lids' motion (portrait over driver)."""
+
+
+def _lid_gaps(canonical: np.ndarray) -> np.ndarray:
+    # Distances between the middle points of the upper and lower lids [2] (right eye, left eye).
+    return np.array([np.linalg.norm(canonical[RIGHT_EYE_APERTURE[0]] - canonical[RIGHT_EYE_APERTURE[1]]),
+                     np.linalg.norm(canonical[LEFT_EYE_APERTURE[0]] - canonical[LEFT_EYE_APERTURE[1]])])
+
+
+def _expression_deltas(ref: FaceTrack, drv: FaceTrack, k: int, from_blendshapes: bool, lids: str) -> np.ndarray:
     # Canonical-space expression of every driving frame [N, 478, 3], before regional weights.
+    ref_canonical = ref.canonical[0].astype(np.float64)
     if from_blendshapes:
         from .editor import controls_from_blendshapes, field_deltas
 
-        return field_deltas(ref.canonical[0].astype(np.float64), controls_from_blendshapes(drv.blendshapes))
+        return field_deltas(ref_canonical, controls_from_blendshapes(drv.blendshapes))
     canonical = drv.canonical.astype(np.float64)
-    return canonical - canonical[k]
+    deltas = canonical - canonical[k]
+    if lids == "absolute":
+        return deltas
+    # The lids move as far as the driver's, as a share of each eye's opening: a blink shuts narrow
+    # eyes without the lids crossing, and wide ones all the way.
+    ratio = np.clip(_lid_gaps(ref_canonical) / np.maximum(_lid_gaps(canonical[k]), 1e-6),
+                    *EYE_RATIO_RANGE)                                         # [2]: right eye, left eye
+    member = memberships(ref_canonical)[:, :2]                                # [478, 2]
+    return deltas * (1.0 + member @ (ratio - 1.0))[None, :, None]
 
 
 def _iris_places(ref: FaceTrack, drv: FaceTrack, k: int, mode: str, strength: float,
@@ -224,7 +255,7 @@ def _iris_places(ref: FaceTrack, drv: FaceTrack, k: int, mode: str, strength: fl
 
 def align_motion(reference: FaceTrack, driving: FaceTrack, *, rotation: str = "relative",
                  translation: str = "relative", translation_strength: float = 1.0,
-                 translation_limit: float = TRANSLATION_LIMIT, iris: str = "relative",
+                 translation_limit: float = TRANSLATION_LIMIT, iris: str = "relative", lids: str = "relative",
                  regions: Regions | str | Mapping[str, float] | None = None, neutral: str | int = "auto",
                  expression_scale: float = 1.0, smoothing: int = 0, loop: bool | int = False,
                  reference_frame: int = 0, relative_pose: bool | None = None, iris_tracking: bool | None = None,
@@ -244,7 +275,7 @@ def align_motion(reference: FaceTrack, driving: FaceTrack, *, rotation: str = "r
     if iris_tracking is False:
         iris = "off"
     for name, value, choices in (("rotation", rotation, ROTATION_MODES), ("translation", translation, TRANSLATION_MODES),
-                                 ("iris", iris, IRIS_MODES)):
+                                 ("iris", iris, IRIS_MODES), ("lids", lids, LID_MODES)):
         if value not in choices:
             raise InvalidRequestError(f"{name} must be one of {choices}, got {value!r}")
     if len(reference) == 0 or len(driving) == 0:
@@ -275,7 +306,7 @@ def align_motion(reference: FaceTrack, driving: FaceTrack, *, rotation: str = "r
 
     # 1. Expression in canonical space, weighted per region.
     ref_canonical = ref.canonical[0].astype(np.float64)                      # [478, 3]
-    deltas = _expression_deltas(ref, drv, k, from_blendshapes)               # [N, 478, 3]
+    deltas = _expression_deltas(ref, drv, k, from_blendshapes, lids)         # [N, 478, 3]
     weights = (np.full(len(ref_canonical), strengths.eyes) if strengths.uniform
                else vertex_weights(ref_canonical, strengths))                # [478]
     canonical = ref_canonical + expression_scale * weights[None, :, None] * deltas

@@ -27,6 +27,9 @@ the driving translation since frame 0 as the released aligner adds it; off: the 
 IRIS_MODES = ("relative", "absolute", "off")
 """relative: the portrait's gaze moved as the driving gaze moves from the neutral frame; absolute: the
 driving pupils' place in the eye (the released aligner); off: the portrait's pupils."""
+LID_MODES = ("relative", "absolute")
+"""relative: the lids move as far as the driver's as a share of each eye's opening (narrow eyes shut
+without the lids crossing); absolute: as far as the driver's lids move (the released aligner)."""
 TRANSLATION_LIMIT = 0.08
 """Default soft limit of the relative head translation, in face widths (and as a share of the distance)."""
 REGIONS = ("eyes", "brows", "mouth", "pupils", "head")

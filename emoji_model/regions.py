@@ -69,29 +69,32 @@ def as_regions(regions: Regions | str | Mapping[str, float] | None) -> Regions:
 
 
 @functools.lru_cache(maxsize=1)
-def _region_points() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _region_points() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     topo = topology()
-    eyes = np.concatenate([topo.right_eye_ring, topo.left_eye_ring])
     brows = np.unique(np.concatenate([topo.parts["left_eyebrow"].ravel(), topo.parts["right_eyebrow"].ravel()]))
     lips = np.unique(np.concatenate([e.ravel() for name, e in topo.parts.items() if "lips" in name]))
-    return eyes, brows, lips
+    return topo.right_eye_ring, topo.left_eye_ring, brows, lips
 
 
-def vertex_weights(canonical: np.ndarray, regions: Regions) -> np.ndarray:
-    """Per-vertex strengths [478] of one face's canonical vertices [478, 3] for its expression deltas.
+def memberships(canonical: np.ndarray) -> np.ndarray:
+    """Soft membership [478, 4] of each vertex in the right eye, left eye, brows and mouth regions (rows sum to 1).
 
     The mouth region takes in the jaw (the face contour below the mouth corners), which opens with it.
     """
     v = np.asarray(canonical, dtype=np.float64)
-    eyes, brows, lips = _region_points()
+    right, left, brows, lips = _region_points()
     oval = topology().face_oval
     jaw = oval[v[oval, 1] < v[[61, 291], 1].mean()]
     mouth = np.concatenate([lips, jaw])
     unit = max(float(np.linalg.norm(v[263] - v[33])), 1e-6)
     sigma = MEMBERSHIP_SIGMA * unit
     d2 = np.stack([((v[:, None, :] - v[None, idx, :]) ** 2).sum(-1).min(axis=1)
-                   for idx in (eyes, brows, mouth)], axis=-1)                  # [478, 3]
+                   for idx in (right, left, brows, mouth)], axis=-1)           # [478, 4]
     logits = -0.5 * d2 / sigma ** 2
     member = np.exp(logits - logits.max(axis=1, keepdims=True))
-    member /= member.sum(axis=1, keepdims=True)
-    return member @ np.array([regions.eyes, regions.brows, regions.mouth])
+    return member / member.sum(axis=1, keepdims=True)
+
+
+def vertex_weights(canonical: np.ndarray, regions: Regions) -> np.ndarray:
+    """Per-vertex strengths [478] of one face's canonical vertices [478, 3] for its expression deltas."""
+    return memberships(canonical) @ np.array([regions.eyes, regions.eyes, regions.brows, regions.mouth])

@@ -127,3 +127,15 @@ def portrait_track(name: str):
               "lfw-turned": lambda: lfw_image(75, 256, 64), "lfw-turned-tilt20": lambda: warped(lfw_image(75, 256, 64), 20),
               "cameraman": cameraman, "cameraman-tilt20": lambda: warped(cameraman(), 20)}
     return extract_image(images[name](), face_model=_need(FACE_TASK), what=name)
+
+
+@functools.cache
+def two_faces() -> np.ndarray:
+    """Two real faces side by side, 640×320: the astronaut's head (left) and the cameraman's (right, turned)."""
+    import cv2
+    from skimage import data
+
+    astronaut = np.ascontiguousarray(data.astronaut()[5:265, 95:355])
+    left = cv2.resize(astronaut, (320, 320), interpolation=cv2.INTER_AREA)
+    right = cv2.resize(cameraman(), (320, 320), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(np.concatenate([left, right], axis=1))
