@@ -84,6 +84,9 @@ CONTROLS: dict[str, Control] = {c.name: c for c in (
 RELEASED_FILES = {"referencenet": "appearance", "unet": "unet", "lmk_guider": "guider"}
 """Stems of the released weight files and the component of our model each one fills."""
 
+REFERENCE_IMAGES = ("first", "each")
+"""Which images of a batch the reference encoder encodes: the first, or each (one face each)."""
+
 # -- sampling (emoji_model.sampling, emoji_model.pipeline) --------------------------------------
 SCHEDULER_NAMES = ("ddim", "dpmpp_2m", "euler", "euler_ancestral", "unipc", "ddpm")
 FUSIONS = ("pyramid", "flat")

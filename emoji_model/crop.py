@@ -346,20 +346,40 @@ def _border_ramp(size: int, width: float) -> np.ndarray:
     return np.minimum(ramp[:, None], ramp[None, :]).astype(np.float32)
 
 
+def _face_hull(points: np.ndarray, size: int) -> np.ndarray:
+    # uint8 [S, S]: the convex hull of the head contour (the released head polygon, no forehead) and of
+    # the eyes, brows, lips and nose. A face in profile folds its contour over itself, so the polygon
+    # alone would leave its middle out; for a frontal face the hull is the polygon.
+    import cv2
+
+    from .landmarks import HEAD_OVAL
+
+    inner = np.concatenate([topology().expression_points, NOSE_POINTS])
+    xy = np.asarray(points)[np.concatenate([list(HEAD_OVAL), inner]), :2] * size
+    hull = cv2.convexHull(np.round(xy).astype(np.int32))
+    mask = np.zeros((size, size), dtype=np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1)
+    return mask
+
+
+NOSE_POINTS = np.array([1, 2, 4, 5, 6, 19, 94, 168, 195, 197])
+"""Nose tip and bridge points, inside the paste mask even where the nose stands out of the contour."""
+
+
 def paste_mask(points: np.ndarray | None, size: int, expand: float = 0.1, feather: float = 0.05) -> np.ndarray:
-    """Blend weights float32 [S, S] in 0..1: the face-oval polygon of ``points`` grown and feathered.
+    """Blend weights float32 [S, S] in 0..1: the face of ``points`` (contour and features) grown and feathered.
 
     ``expand`` and ``feather`` are shares of the face width (of the crop side without ``points``,
     which gives a square with feathered edges). The weights fall to zero at the crop's border.
     """
     import cv2
 
-    from .landmarks import face_width, facial_mask
+    from .landmarks import face_width
 
     if points is None:
         return _border_ramp(size, max(1.0, feather * size))
     width = max(face_width(points, (size, size)), 1.0)
-    mask = facial_mask(points, (size, size)).astype(np.uint8)
+    mask = _face_hull(points, size)
     grow = int(round(expand * width))
     if grow > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))

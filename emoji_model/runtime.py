@@ -170,6 +170,19 @@ class StandaloneRuntime:
     def check_interrupt(self) -> None:
         """Raise the host's interrupt exception if the user asked to stop; standalone never does."""
 
+    def notify(self, text: str) -> None:
+        """Tell the user something they should see (the host shows it on the running node); logged as a warning."""
+        log.warning("%s", text)
+
+    # -- user files ----------------------------------------------------------------------
+    def output_dir(self) -> Path:
+        """Where saved results go: ``FYE_OUTPUT_DIR``, else ./output."""
+        return Path(os.environ.get("FYE_OUTPUT_DIR", "output")).resolve()
+
+    def input_dir(self) -> Path:
+        """Where the user's inputs are listed from: ``FYE_INPUT_DIR``, else ./input."""
+        return Path(os.environ.get("FYE_INPUT_DIR", "input")).resolve()
+
     # -- model files ---------------------------------------------------------------------
     def model_folders(self, kind: str) -> list[Path]:
         """Folders searched for files of ``kind``, in order."""

@@ -33,6 +33,25 @@ def _sampler_inputs() -> dict:
     }
 
 
+LOOP_TIP = ("the temporal windows wrap around the end of the track, so the last frames are denoised with the "
+            "first ones: a seamless loop (use a looped track: Motion Aligner or Expression Editor with loop)")
+
+
+def pair_faces(reference, faces) -> list[tuple]:
+    """(reference encoding, aligned track) per face: K encodings with K tracks, or one of each."""
+    from emoji_model.errors import InvalidRequestError
+    from emoji_model.landmarks import faces_of
+    from emoji_model.reference import references_of
+
+    refs, tracks = references_of(reference), faces_of(faces)
+    if len(refs) != len(tracks):
+        raise InvalidRequestError(
+            f"{len(tracks)} aligned face(s) but {len(refs)} encoded reference(s): each face is animated from its "
+            "own crop — set images to 'each' on Encode Reference Portrait and connect the crops of Crop Face "
+            "(face_index -1) to it, with the faces aligned from that Crop Face's faces")
+    return list(zip(refs, tracks))
+
+
 def _outputs(samples, vae, frames: int, size_hw, runtime):
     """(LATENT, IMAGE): raw latents for the host's VAE Decode and, with a VAE, the decoded frames."""
     import torch
@@ -57,20 +76,26 @@ class _Sampler:
     FUNCTION = "sample"
 
     def _run(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae,
-             generate):
+             generate, loop=False):
+        import torch
+
         from emoji_model.pipeline import LazyControls, with_oom_retry
         from emoji_model.sampling import SamplerSettings
 
         runtime = get_runtime()
+        pairs = pair_faces(reference, faces)
         model = fye_model.module(runtime)
         device = runtime.torch_device()
-        ref = reference.to(device, fye_model.dtype)
-        controls = LazyControls(faces, ref.size)  # rendered window by window, never all at once
         settings = SamplerSettings(steps=steps, cfg=cfg, scheduler=scheduler, seed=seed, window=window,
-                                   overlap=overlap, fusion=fusion)
-        samples = with_oom_retry(lambda s: generate(model, ref, controls, s, device=device,
-                                                    dtype=fye_model.dtype, runtime=runtime), settings, runtime)
-        return _outputs(samples, vae, len(controls), ref.size, runtime)
+                                   overlap=overlap, fusion=fusion, loop=bool(loop))
+        samples = []
+        for encoding, track in pairs:  # several faces: one after the other, frames face after face
+            ref = encoding.to(device, fye_model.dtype)
+            controls = LazyControls(track, ref.size)  # rendered window by window, never all at once
+            samples.append(with_oom_retry(lambda s, ref=ref, controls=controls: generate(
+                model, ref, controls, s, device=device, dtype=fye_model.dtype, runtime=runtime), settings, runtime))
+        size = pairs[0][0].size
+        return _outputs(torch.cat(samples), vae, sum(len(s) for s in samples), size, runtime)
 
 
 class TemporalSampler(_Sampler):
@@ -79,19 +104,22 @@ class TemporalSampler(_Sampler):
     DESCRIPTION = ("Generates one frame per aligned landmark frame: DDIM v-prediction with zero-terminal-SNR "
                    "as released, conditional and unconditional branches batched, and overlapping temporal "
                    "windows blended for tracks longer than the window. Interruptible; on out-of-memory it "
-                   "retries with smaller windows.")
+                   "retries with smaller windows. Several faces (aligned faces and references of every face) are "
+                   "animated one after the other, their frames face after face for Paste Back.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": _sampler_inputs(),
-                "optional": {"vae": ("VAE", {"tooltip": "decode the frames here too (else use VAE Decode)"})}}
+                "optional": {"vae": ("VAE", {"tooltip": "decode the frames here too (else use VAE Decode)"}),
+                             "loop": ("BOOLEAN", {"default": False, "tooltip": LOOP_TIP})}}
 
-    def sample(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae=None):
-        """Sample every frame of the track together."""
+    def sample(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae=None,
+               loop=False):
+        """Sample every frame of the track together (of every face's track, one after the other)."""
         from emoji_model.pipeline import generate_latents
 
         return self._run(fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae,
-                         generate_latents)
+                         generate_latents, loop)
 
 
 class ProgressiveLongVideo(_Sampler):
@@ -111,10 +139,11 @@ class ProgressiveLongVideo(_Sampler):
             "default": "auto", "tooltip": "how stage 2 is given its keyframes: auto picks covered-latent "
                                           "input when the checkpoint has those channels"})
         return {"required": inputs,
-                "optional": {"vae": ("VAE", {"tooltip": "decode the frames here too (else use VAE Decode)"})}}
+                "optional": {"vae": ("VAE", {"tooltip": "decode the frames here too (else use VAE Decode)"}),
+                             "loop": ("BOOLEAN", {"default": False, "tooltip": LOOP_TIP})}}
 
     def sample(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion,
-               keyframe_stride, known_frames, vae=None):
+               keyframe_stride, known_frames, vae=None, loop=False):
         """Keyframes first, then the gaps between them."""
         from emoji_model.pipeline import progressive_latents
 
@@ -124,7 +153,7 @@ class ProgressiveLongVideo(_Sampler):
                                        known_mode=known_frames, **kw)
 
         return self._run(fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae,
-                         generate)
+                         generate, loop)
 
 
 NODES = [TemporalSampler, ProgressiveLongVideo]

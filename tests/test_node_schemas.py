@@ -10,7 +10,7 @@ HOST_TYPES = {"IMAGE", "MASK", "LATENT", "VAE", "CLIP_VISION", "MODEL", "INT", "
               "BOOLEAN", "FYE_FACES", "FYE_MODEL", "FYE_REFERENCE", "FYE_CROP", "FYE_KEYS"}
 EXPECTED_IDS = {"FYE_LandmarkExtractor", "FYE_MotionAligner", "FYE_LoadModel", "FYE_ReferenceEncoder",
                 "FYE_TemporalSampler", "FYE_ProgressiveLongVideo", "FYE_CropFace", "FYE_PasteBack",
-                "FYE_ExpressionEditor"}
+                "FYE_ExpressionEditor", "FYE_SaveFaces", "FYE_LoadFaces"}
 
 ALL = sorted(nodes.NODE_CLASS_MAPPINGS.items())
 

@@ -58,7 +58,8 @@ def settings_from_args(args: argparse.Namespace):
     from ..sampling import SamplerSettings
 
     return SamplerSettings(steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, seed=args.seed,
-                           window=args.window, overlap=args.overlap, fusion=args.fusion)
+                           window=args.window, overlap=args.overlap, fusion=args.fusion,
+                           loop=bool(getattr(args, "loop", 0)))
 
 
 def load_networks(args: argparse.Namespace, runtime):
