@@ -274,8 +274,8 @@ def align_motion(reference: FaceTrack, driving: FaceTrack, *, rotation: str = "r
         rotation = translation = "off"
     if iris_tracking is False:
         iris = "off"
-    for name, value, choices in (("rotation", rotation, ROTATION_MODES), ("translation", translation, TRANSLATION_MODES),
-                                 ("iris", iris, IRIS_MODES), ("lids", lids, LID_MODES)):
+    for name, value, choices in (("rotation", rotation, ROTATION_MODES), ("iris", iris, IRIS_MODES),
+                                 ("translation", translation, TRANSLATION_MODES), ("lids", lids, LID_MODES)):
         if value not in choices:
             raise InvalidRequestError(f"{name} must be one of {choices}, got {value!r}")
     if len(reference) == 0 or len(driving) == 0:

@@ -310,7 +310,8 @@ def crop_face(images: np.ndarray, faces: FYEFaces | None = None, *, margin: floa
                 f"The search looked at the whole image and at windows down to {SEARCH_MIN_WINDOW} pixels: faces "
                 "smaller than about 30 pixels, turned far away or covered are not found, and what is not a face "
                 "is refused. Use a larger or clearer face, connect faces found another way, or give the face's "
-                "box (face_box / face_mask on the node, --face-box on the command line).", subject="portrait")
+                "box (face_box / face_mask on the node, --face-box on the command line).",
+                subject="portrait" if len(images) == 1 else "driving video")
     crops, infos, tracks = [], [], []
     for j, face_boxes_j in enumerate(boxes):
         info = CropInfo((w, h), square_box(face_boxes_j, margin, batch_box), int(size), pad_mode)

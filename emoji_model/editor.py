@@ -402,8 +402,10 @@ def controls_from_blendshapes(blendshapes: np.ndarray) -> dict[str, np.ndarray]:
     raised = 0.5 * (score("browInnerUp") + score("browOuterUpLeft", "browOuterUpRight"))
     out["brow_raise"] = ramp(raised, BROW_SCORES) - score("browDownLeft", "browDownRight") / BROW_SCORES[1]
     # Gaze to the image's right: the subject's left eye looks out, the right eye looks in.
-    out["pupil_x"] = GAZE_GAIN * (score("eyeLookOutLeft", "eyeLookInRight") - score("eyeLookInLeft", "eyeLookOutRight"))
-    out["pupil_y"] = GAZE_GAIN * (score("eyeLookUpLeft", "eyeLookUpRight") - score("eyeLookDownLeft", "eyeLookDownRight"))
+    out["pupil_x"] = GAZE_GAIN * (score("eyeLookOutLeft", "eyeLookInRight")
+                                  - score("eyeLookInLeft", "eyeLookOutRight"))
+    out["pupil_y"] = GAZE_GAIN * (score("eyeLookUpLeft", "eyeLookUpRight")
+                                  - score("eyeLookDownLeft", "eyeLookDownRight"))
     return {name: np.clip(v, CONTROLS[name].lo, CONTROLS[name].hi) for name, v in out.items()}
 
 

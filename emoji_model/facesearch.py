@@ -27,6 +27,7 @@ import numpy as np
 
 from . import geometry
 from .landmarks import Face, FaceLandmarker, as_rgb_uint8
+from .landmarks.extract import box_of, iou
 from .runtime import resolve
 
 if TYPE_CHECKING:
@@ -65,20 +66,6 @@ def _face_in_window(face: Face, x0: float, y0: float, side: float, size: tuple[i
     points[:, 1] = (points[:, 1] * side + y0) / h
     points[:, 2] = points[:, 2] * side / w
     return Face(points, None, face.blendshapes)  # the pose belongs to the window's camera
-
-
-def box_of(face: Face, size: tuple[int, int]) -> np.ndarray:
-    """(x0, y0, x1, y1) in pixels of a face's landmarks."""
-    xy = face.points[:, :2] * np.asarray(size, dtype=np.float64)
-    return np.concatenate([xy.min(0), xy.max(0)])
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boxes (x0, y0, x1, y1)."""
-    lo, hi = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
-    inter = float(np.prod(np.clip(hi - lo, 0, None)))
-    union = float(np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2])) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def dedupe(faces: list[Face], size: tuple[int, int]) -> list[Face]:

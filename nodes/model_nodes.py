@@ -185,8 +185,9 @@ class ReferenceEncoder:
             encoded.append((host_vae_encoder(vae)(pixels * 2 - 1), clip_encode(pixels)))
         model = fye_model.module(runtime)
         refs = [encode_reference(model, portraits[i:i + 1], lambda _, lat=lat: lat, lambda _, tok=tok: tok,
-                                 size=(height, width), device=device, dtype=fye_model.dtype).to(runtime.offload_device())
+                                 size=(height, width), device=device, dtype=fye_model.dtype)
                 for i, (lat, tok) in enumerate(encoded)]
+        refs = [r.to(runtime.offload_device()) for r in refs]
         return (refs[0] if len(refs) == 1 else ReferenceGroup(refs),)
 
 

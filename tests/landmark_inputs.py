@@ -124,7 +124,8 @@ def portrait_track(name: str):
     ast = data.astronaut()
     images = {"astronaut": lambda: ast, "tilt25": lambda: warped(ast, 25), "tilt-30": lambda: warped(ast, -30),
               "shear0.4": lambda: warped(ast, shear=0.4), "shear-0.5": lambda: warped(ast, shear=-0.5),
-              "lfw-turned": lambda: lfw_image(75, 256, 64), "lfw-turned-tilt20": lambda: warped(lfw_image(75, 256, 64), 20),
+              "lfw-turned": lambda: lfw_image(75, 256, 64),
+              "lfw-turned-tilt20": lambda: warped(lfw_image(75, 256, 64), 20),
               "cameraman": cameraman, "cameraman-tilt20": lambda: warped(cameraman(), 20)}
     return extract_image(images[name](), face_model=_need(FACE_TASK), what=name)
 

@@ -4,11 +4,10 @@ regional control and loops, on real portraits (tilted, sheared, turned) and real
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from emoji_model import geometry
 from emoji_model.align import RELEASED, align_motion, neutral_offset, on_face_share
-from emoji_model.landmarks import FaceTrack, eye_aperture, neutral_frame, topology
+from emoji_model.landmarks import LEFT_IRIS, RIGHT_IRIS, FaceTrack, eye_aperture, neutral_frame, topology
 from landmark_inputs import (
     BLINK_FRAMES,
     PORTRAITS,
@@ -57,7 +56,7 @@ def released_aligner(ref: FaceTrack, drv: FaceTrack) -> np.ndarray:
     px = np.stack([(ndc[..., 0] + 1) / 2 * w, (1 - ndc[..., 1]) / 2 * h], axis=-1)  # image y points down
     topo = topology()
     irises = []
-    for iris, ring in (((468, 469, 470, 471, 472), topo.right_eye_ring), ((473, 474, 475, 476, 477), topo.left_eye_ring)):
+    for iris, ring in ((RIGHT_IRIS, topo.right_eye_ring), (LEFT_IRIS, topo.left_eye_ring)):
         d = drv.pixels()[:, :, :].astype(np.float64)
         lo, hi = d[:, ring].min(1), d[:, ring].max(1)
         rel = (d[:, list(iris)] - lo[:, None]) / (hi - lo)[:, None]
@@ -179,7 +178,8 @@ def test_a_single_photo_with_an_open_mouth_opens_the_portraits_mouth(face_task):
     assert abs(lip_gap(eyes_only)[0] - lip_gap(ast)[0]) < 0.01
     # A photo with shut eyes shuts hers.
     shut = driving_track()[[list(BLINK_FRAMES)[4]]]
-    assert eye_aperture(align_motion(ast, shut).points, ast.size).mean() < 0.4 * eye_aperture(ast.points, ast.size).mean()
+    closed = eye_aperture(align_motion(ast, shut).points, ast.size).mean()
+    assert closed < 0.4 * eye_aperture(ast.points, ast.size).mean()
 
 
 def test_regional_presets_pick_what_moves():

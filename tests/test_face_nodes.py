@@ -165,3 +165,43 @@ def test_save_and_load_faces_round_trip(tmp_path, monkeypatch):
     np.savez(old, **{k: getattr(single, k) for k in ("points", "canonical", "pose", "blendshapes", "valid")},
              size=np.array(single.size), fps=np.array(single.fps))
     assert not FaceTrack.load(old).fitted.any()
+
+
+def test_command_line_several_faces_single_photo_driving_and_loops(tmp_path, face_task):
+    from PIL import Image
+    from skimage import data
+
+    from emoji_model.__main__ import main
+    from landmark_inputs import lfw_image
+
+    Image.fromarray(two_faces()).save(tmp_path / "two.png")
+    Image.fromarray(lfw_image(0)).save(tmp_path / "open_mouth.png")
+    driving_track()[:20].save(tmp_path / "driving.npz")
+    common = ["--face-model", str(face_task)]
+    assert main(["landmarks", str(tmp_path / "two.png"), "--face-index", "all", "--out", str(tmp_path / "two.npz"),
+                 "--render", str(tmp_path / "two_render.png")] + common) == 0
+    group = load_faces(tmp_path / "two.npz")
+    assert isinstance(group, FaceGroup) and group.count == 2
+    assert main(["align", "--reference", str(tmp_path / "two.npz"), "--driving", str(tmp_path / "driving.npz"),
+                 "--out", str(tmp_path / "aligned.npz"), "--regions", "only eyes", "--loop"] + common) == 0
+    aligned = load_faces(tmp_path / "aligned.npz")
+    assert isinstance(aligned, FaceGroup) and aligned.frames == 20
+    np.testing.assert_allclose(aligned[0].points, align_motion(group[0], driving_track()[:20], regions="only eyes",
+                                                               loop=True).points, atol=1e-6)
+    # A driving photo: its open mouth opens the astronaut's.
+    Image.fromarray(data.astronaut()).save(tmp_path / "ast.png")
+    assert main(["align", "--reference", str(tmp_path / "ast.png"), "--driving", str(tmp_path / "open_mouth.png"),
+                 "--out", str(tmp_path / "photo.npz")] + common) == 0
+    photo = load_faces(tmp_path / "photo.npz")
+    gap = lambda t: np.linalg.norm(t.pixels()[0, 13] - t.pixels()[0, 14])  # noqa: E731
+    assert len(photo) == 1 and gap(photo) > gap(astronaut_track()) + 10
+    # The released aligner from the command line.
+    assert main(["align", "--reference", str(tmp_path / "ast.png"), "--driving", str(tmp_path / "driving.npz"),
+                 "--out", str(tmp_path / "released.npz"), "--released"] + common) == 0
+    np.testing.assert_allclose(load_faces(tmp_path / "released.npz").points,
+                               align_motion(astronaut_track(), driving_track()[:20], **RELEASED).points, atol=1e-5)
+    assert main(["edit", "--reference", str(tmp_path / "ast.png"), "--keys", "0: smile=0; 10: smile=1", "--frames",
+                 "20", "--loop", "--out", str(tmp_path / "edit.npz")] + common) == 0
+    edited = load_faces(tmp_path / "edit.npz")
+    px = edited.pixels()
+    assert np.abs(px[-1] - px[0]).max() < np.abs(px[10] - px[0]).max()

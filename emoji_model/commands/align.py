@@ -46,7 +46,7 @@ def add_align_options(parser: argparse.ArgumentParser) -> None:
                         help="the released aligner: --rotation absolute --translation released --iris absolute "
                              "--lids absolute")
     parser.add_argument("--no-relative-pose", dest="relative_pose", action="store_false",
-                        help="keep the reference head pose (rotation and translation off); transfer the expression only")
+                        help="keep the reference head pose (rotation and translation off): the expression only")
     parser.add_argument("--neutral", default="auto",
                         help="neutral driving frame: auto (lowest blendshape sum; a driving photo: blendshapes), "
                              "first, blendshapes (each frame's expression from its blendshape scores), or an index")

@@ -142,6 +142,8 @@ MAX_FACES = 8
 
 FaceIndex = int | str
 """Which face: its rank by size (0 = largest) or "all" (one track per face)."""
+Box = tuple[float, float, float, float]
+"""A face box: x, y, width, height in pixels."""
 
 
 def parse_face_index(face_index: FaceIndex) -> int | str:
@@ -162,12 +164,14 @@ def parse_face_index(face_index: FaceIndex) -> int | str:
     return face_index
 
 
-def _box_xyxy(face: Face, size: tuple[int, int]) -> np.ndarray:
+def box_of(face: Face, size: tuple[int, int]) -> np.ndarray:
+    """(x0, y0, x1, y1) in pixels of a face's landmarks in a (width, height) image."""
     xy = face.points[:, :2] * np.asarray(size, dtype=np.float64)
     return np.concatenate([xy.min(0), xy.max(0)])
 
 
-def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1)."""
     lo, hi = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
     inter = float(np.prod(np.clip(hi - lo, 0, None)))
     union = float(np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2])) - inter
@@ -180,7 +184,7 @@ def _pick(faces: list[Face], face_index: int, box: tuple[float, ...] | None = No
     if box is not None:
         x, y, w, h = box
         target = np.array([x, y, x + w, y + h])
-        scored = [(_overlap(_box_xyxy(f, size), target), f) for f in faces]
+        scored = [(iou(box_of(f, size), target), f) for f in faces]
         scored = [(o, f) for o, f in scored if o >= 0.1]
         return max(scored, key=lambda of: of[0])[1] if scored else None
     return faces[face_index] if face_index < len(faces) else None
@@ -198,7 +202,7 @@ def associate(tracks: list[np.ndarray | None], faces: list[Face], size: tuple[in
     known = [j for j, b in enumerate(tracks) if b is not None]
     if not faces or not known:
         return out
-    boxes = np.stack([_box_xyxy(f, size) for f in faces])
+    boxes = np.stack([box_of(f, size) for f in faces])
     last = np.stack([tracks[j] for j in known])
     centre = lambda b: (b[:, :2] + b[:, 2:]) / 2  # noqa: E731
     extent = np.maximum((last[:, 2:] - last[:, :2]).max(axis=1), 1.0)
@@ -211,7 +215,7 @@ def associate(tracks: list[np.ndarray | None], faces: list[Face], size: tuple[in
 
 
 def extract_image(image: np.ndarray, *, face_index: FaceIndex = 0, face_model: str | os.PathLike | None = None,
-                  face_box: tuple[float, float, float, float] | None = None, what: str = "the image",
+                  face_box: Box | None = None, what: str = "the image",
                   runtime: StandaloneRuntime | None = None) -> FYEFaces:
     """Landmarks of one still (IMAGE mode) as a one-frame track; NoFaceDetectedError if none.
 
@@ -225,7 +229,7 @@ def extract_image(image: np.ndarray, *, face_index: FaceIndex = 0, face_model: s
 
 def extract_stills(images: Sequence[np.ndarray] | np.ndarray, *, face_index: FaceIndex = 0,
                    face_model: str | os.PathLike | None = None,
-                   face_box: tuple[float, float, float, float] | None = None, what: str = "the image",
+                   face_box: Box | None = None, what: str = "the image",
                    runtime: StandaloneRuntime | None = None) -> FYEFaces:
     """Landmarks of independent stills of one size (IMAGE mode, no tracking); every one needs a face.
 
@@ -257,10 +261,10 @@ def extract_stills(images: Sequence[np.ndarray] | np.ndarray, *, face_index: Fac
                     raise NoFaceDetectedError(name, subject="portrait")
                 if not found:
                     row: list[Face | None] = list(faces)
-                    boxes = [_box_xyxy(f, (w, h)) for f in faces]
+                    boxes = [box_of(f, (w, h)) for f in faces]
                 else:
                     row = associate(boxes, faces, (w, h))
-                    boxes = [b if f is None else _box_xyxy(f, (w, h)) for b, f in zip(boxes, row)]
+                    boxes = [b if f is None else box_of(f, (w, h)) for b, f in zip(boxes, row)]
                 found.append(row)
             else:
                 face = _pick(faces, 0 if index == FACE_ALL else index, box, (w, h))
@@ -291,7 +295,7 @@ def extract_stills(images: Sequence[np.ndarray] | np.ndarray, *, face_index: Fac
 
 
 def extract_video(frames: Iterable[np.ndarray], fps: float = 25.0, *, face_index: FaceIndex = 0,
-                  face_model: str | os.PathLike | None = None, face_box: tuple[float, float, float, float] | None = None,
+                  face_model: str | os.PathLike | None = None, face_box: Box | None = None,
                   total: int | None = None, what: str = "the driving video",
                   runtime: StandaloneRuntime | None = None) -> FYEFaces:
     """Landmarks of video frames (VIDEO mode, temporal tracking); missing faces are interpolated.
@@ -328,12 +332,12 @@ def extract_video(frames: Iterable[np.ndarray], fps: float = 25.0, *, face_index
             faces = lm.detect(frame, round(i * 1000.0 / fps))
             if every:
                 if not boxes and faces:
-                    boxes = [_box_xyxy(f, size) for f in faces]
+                    boxes = [box_of(f, size) for f in faces]
                     found = [[None] * len(faces) for _ in found]
                     row: list[Face | None] = list(faces)
                 elif boxes:
                     row = associate(boxes, faces, size)
-                    boxes = [b if f is None else _box_xyxy(f, size) for b, f in zip(boxes, row)]
+                    boxes = [b if f is None else box_of(f, size) for b, f in zip(boxes, row)]
                 else:
                     row = []
                 found.append(row)
@@ -377,7 +381,7 @@ def faceless_report(track: FaceTrack, what: str = "the driving video") -> str | 
 
 
 def extract_file(path: str | os.PathLike, *, face_index: FaceIndex = 0, face_model: str | os.PathLike | None = None,
-                 face_box: tuple[float, float, float, float] | None = None,
+                 face_box: Box | None = None,
                  runtime: StandaloneRuntime | None = None) -> FYEFaces:
     """Landmarks of an image file (a one-frame track) or a video file (every frame)."""
     from ..video import is_image_file, iter_video, load_image, prefetch, probe_video
@@ -392,7 +396,7 @@ def extract_file(path: str | os.PathLike, *, face_index: FaceIndex = 0, face_mod
 
 
 def extract_auto(images: np.ndarray, *, mode: str = "auto", fps: float = 25.0, face_index: FaceIndex = 0,
-                 face_model: str | os.PathLike | None = None, face_box: tuple[float, float, float, float] | None = None,
+                 face_model: str | os.PathLike | None = None, face_box: Box | None = None,
                  what: str | None = None, runtime: StandaloneRuntime | None = None) -> FYEFaces:
     """A batch [B, H, W, 3] as video frames (VIDEO mode) or independent stills (IMAGE mode).
 
@@ -414,7 +418,7 @@ def extract_auto(images: np.ndarray, *, mode: str = "auto", fps: float = 25.0, f
 
 
 def extract_controls(images: np.ndarray, *, mode: str = "auto", fps: float = 25.0, face_index: FaceIndex = 0,
-                     face_model: str | os.PathLike | None = None, face_box: tuple[float, float, float, float] | None = None,
+                     face_model: str | os.PathLike | None = None, face_box: Box | None = None,
                      include_contour: bool = False, outer_lips: bool = False, what: str | None = None,
                      runtime: StandaloneRuntime | None = None) -> tuple[FYEFaces, np.ndarray, np.ndarray]:
     """(faces, control renders uint8 [B, H, W, 3], face mask bool [B, H, W]) of an image batch.
