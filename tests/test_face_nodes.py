@@ -205,3 +205,17 @@ def test_command_line_several_faces_single_photo_driving_and_loops(tmp_path, fac
     edited = load_faces(tmp_path / "edit.npz")
     px = edited.pixels()
     assert np.abs(px[-1] - px[0]).max() < np.abs(px[10] - px[0]).max()
+
+
+def test_every_face_of_a_video_is_followed(face_task):
+    from emoji_model.landmarks import extract_video
+
+    image = two_faces()
+    frames = np.stack([np.roll(image, 6 * i, axis=1) for i in range(6)])   # both faces move right
+    group = extract_video(frames, 25.0, face_index="all", face_model=face_task)
+    assert isinstance(group, FaceGroup) and group.count == 2 and group.frames == 6
+    for track in group:
+        assert track.valid.all()
+        x = track.pixels()[:, :, 0].mean(axis=1)
+        np.testing.assert_allclose(np.diff(x), 6.0, atol=1.5)                 # each track stays on its face
+    assert abs(group[0].pixels()[0, :, 0].mean() - group[1].pixels()[0, :, 0].mean()) > 200
