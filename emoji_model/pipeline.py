@@ -121,7 +121,7 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
         cond = conditioning(reference, feats, settings.cfg)
         scheduler = make_model_scheduler(model, settings)
         scheduler.set_timesteps(settings.steps, device=device)
-        noise = initial_noise((1, 4, num, h, w), settings.seed, device, torch.float32)
+        noise = initial_noise((1, 4, num, h, w), settings.seed, device, torch.float32, share=settings.noise_share)
         denoiser = make_denoiser(model, cond, settings.cfg, settings.temporal, dtype=dtype)
         total = count_windows(num, settings.window, settings.overlap, settings.steps, settings.loop)
         with rt.progress(total, "sampling") as bar:
@@ -167,7 +167,8 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
 
     def run(frames: list[int], known=None, covered=None, mask=None, bar=None, loop=False):
         feats = landmark_features(model, control[frames], device, dtype)
-        init = initial_noise((1, 4, len(frames), h, w), settings.seed, device, torch.float32, frames)
+        init = initial_noise((1, 4, len(frames), h, w), settings.seed, device, torch.float32, frames,
+                             share=settings.noise_share)
         sched = make_model_scheduler(model, settings)
         sched.set_timesteps(settings.steps, device=device)
         cond = conditioning(reference, feats, settings.cfg)

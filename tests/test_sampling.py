@@ -374,6 +374,22 @@ def test_noise_of_a_frame_does_not_depend_on_the_track():
     assert abs(float(full.std()) - 1) < 0.05
 
 
+def test_shared_noise_mixes_one_common_draw_into_every_frame():
+    own = initial_noise((1, 4, 40, 8, 8), 3, "cpu", torch.float32)
+    same = initial_noise((1, 4, 40, 8, 8), 3, "cpu", torch.float32, share=1.0)
+    half = initial_noise((1, 4, 40, 8, 8), 3, "cpu", torch.float32, share=0.5)
+    assert all(torch.equal(same[:, :, 0], same[:, :, k]) for k in range(40))  # one draw for all frames
+    common = same[:, :, :1]
+    torch.testing.assert_close(half, 0.5 ** 0.5 * common + 0.5 ** 0.5 * own)
+    assert abs(float(half.std()) - 1) < 0.05  # still standard normal per frame
+    corr = np.corrcoef(half[0, :, 0].flatten(), half[0, :, 7].flatten())[0, 1]
+    assert abs(corr - 0.5) < 0.12  # two frames share half their variance
+    some = initial_noise((1, 4, 2, 8, 8), 3, "cpu", torch.float32, frames=[5, 9], share=0.5)
+    assert torch.equal(some, half[:, :, [5, 9]])  # a frame's noise still ignores the track length
+    with pytest.raises(InvalidRequestError, match="noise_share"):
+        SamplerSettings(noise_share=1.5).validate(16)
+
+
 def test_progressive_takes_lazily_rendered_controls():
     from emoji_model.align import align_motion
     from emoji_model.pipeline import LazyControls
