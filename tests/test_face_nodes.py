@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from emoji_model import InvalidRequestError
+from emoji_model import InvalidRequestError, NoFaceDetectedError
 from emoji_model.align import RELEASED, align_motion
 from emoji_model.crop import CropGroup
-from emoji_model.landmarks import FaceGroup, FaceTrack, faces_of, load_faces
+from emoji_model.landmarks import FaceGroup, FaceTrack, faces_of, load_faces, topology
 from landmark_inputs import astronaut_track, driving_frames, driving_track, two_faces
 
 
@@ -219,3 +219,62 @@ def test_every_face_of_a_video_is_followed(face_task):
         x = track.pixels()[:, :, 0].mean(axis=1)
         np.testing.assert_allclose(np.diff(x), 6.0, atol=1.5)                 # each track stays on its face
     assert abs(group[0].pixels()[0, :, 0].mean() - group[1].pixels()[0, :, 0].mean()) > 200
+
+
+def test_nodes_fit_a_face_mediapipe_misses_from_a_box_or_a_mask(caplog):
+    from skimage import data
+
+    from nodes.edit_nodes import CropFace
+    from nodes.landmark_nodes import LandmarkExtractor, MotionAligner
+    from test_face_search import CAT_FACE
+
+    cat = _image(data.chelsea()[None])
+    with pytest.raises(NoFaceDetectedError, match="face_box"):
+        LandmarkExtractor().extract(cat, 0, False, False)
+    x, y, w, h = CAT_FACE
+    with caplog.at_level("WARNING", logger="emoji_model"):
+        out = LandmarkExtractor().extract(cat, 0, False, False, face_box=",".join(map(str, CAT_FACE)))
+    assert any("fitted" in r.getMessage() for r in caplog.records)          # logged, and shown on the node
+    assert "fitted into the face box" in _ui_text(out) and "the portrait" in _ui_text(out)
+    faces, controls, mask = out["result"]
+    assert faces.fitted.all() and controls.shape == (1, 300, 451, 3)
+    oval = faces.pixels()[0][topology().face_oval]
+    np.testing.assert_allclose(np.r_[oval.min(0), oval.max(0) - oval.min(0)], [x, y, w, h], atol=1.0)
+    assert mask[0, y + h // 2, x + w // 2] > 0.5 and mask[0, 5, 5] == 0     # the mask covers the fitted face
+    painted = torch.zeros(1, 300, 451)
+    painted[:, y:y + h, x:x + w] = 1.0
+    (from_mask, _, _) = LandmarkExtractor().extract(cat, 0, False, False, face_mask=painted)["result"]
+    np.testing.assert_allclose(from_mask.points, faces.points, atol=1e-6)   # a mask gives the same face
+    crops, crop_faces, info = CropFace().crop(cat, 256, 1.8, "edge", "union", face_mask=painted)["result"]
+    assert crops.shape == (1, 256, 256, 3) and crop_faces.fitted.all() and crop_faces.size == (256, 256)
+    aligned, _ = MotionAligner().align(crop_faces, driving_track()[:12], True, "auto", 0, 1.0, True, 0)
+    assert aligned.fitted.all() and len(aligned) == 12
+
+
+def test_command_line_rotation_translation_and_region_strengths(tmp_path):
+    from emoji_model.__main__ import main
+
+    astronaut_track().save(tmp_path / "ast.npz")
+    driving_track()[:24].save(tmp_path / "driving.npz")
+    base = ["align", "--reference", str(tmp_path / "ast.npz"), "--driving", str(tmp_path / "driving.npz")]
+    cases = {
+        "absolute": (["--rotation", "absolute", "--translation", "off"],
+                     {"rotation": "absolute", "translation": "off"}),
+        "still": (["--rotation", "off", "--translation-strength", "0.4", "--translation-limit", "0.2"],
+                  {"rotation": "off", "translation_strength": 0.4, "translation_limit": 0.2}),
+        "regions": (["--regions", "expression only", "--mouth", "0.5", "--eyes", "0", "--iris", "absolute",
+                     "--lids", "absolute"],
+                    {"regions": {"preset": "expression only", "mouth": 0.5, "eyes": 0.0}, "iris": "absolute",
+                     "lids": "absolute"}),
+    }
+    results = {}
+    for name, (argv, kwargs) in cases.items():
+        assert main(base + ["--out", str(tmp_path / f"{name}.npz")] + argv) == 0
+        results[name] = load_faces(tmp_path / f"{name}.npz")
+        expected = align_motion(astronaut_track(), driving_track()[:24], **kwargs)
+        np.testing.assert_allclose(results[name].points, expected.points, atol=1e-5, err_msg=name)
+    # The options change what moves: the absolute rotation is the driver's, off keeps hers.
+    np.testing.assert_allclose(results["absolute"].pose[:, :3, :3], driving_track()[:24].pose[:, :3, :3], atol=1e-4)
+    np.testing.assert_allclose(results["still"].pose[:, :3, :3], np.repeat(astronaut_track().pose[:, :3, :3], 24, 0),
+                               atol=1e-4)
+    assert np.abs(results["regions"].pose - astronaut_track().pose).max() < 1e-4
