@@ -127,3 +127,27 @@ def test_saved_driving_motion_is_loaded_in_another_graph_and_drives_the_same(tmp
     np.testing.assert_allclose(again[aligner][0].points, outputs[aligner][0].points, atol=1e-6)
     second = sink["videos"][0]["frames"]
     assert torch.equal(second, first)                # the same aligned controls, without the video
+
+
+def test_save_and_load_faces_use_comfyuis_output_and_input_folders(comfy_host):
+    import shutil
+    from pathlib import Path
+
+    import folder_paths
+
+    from landmark_inputs import driving_track
+    from nodes.track_nodes import LoadFaces, SaveFaces
+
+    track = driving_track()[:8]
+    out = SaveFaces().save(track, "fye/motion")
+    written = Path(folder_paths.get_output_directory()) / "fye" / "motion_00001.npz"
+    assert written.is_file() and "fye/motion_00001.npz" in out["ui"]["text"][0]
+    assert LoadFaces.VALIDATE_INPUTS("fye/motion_00001.npz") is not True        # not in input/ yet
+    target = Path(folder_paths.get_input_directory()) / "motions" / "talk.npz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(written, target)
+    assert "motions/talk.npz" in LoadFaces.INPUT_TYPES()["required"]["track"][0]
+    assert LoadFaces.VALIDATE_INPUTS("motions/talk.npz") is True
+    loaded, frames = LoadFaces().load("motions/talk.npz")
+    assert frames == 8
+    np.testing.assert_array_equal(loaded.points, track.points)
