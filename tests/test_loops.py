@@ -59,6 +59,17 @@ def test_editor_loop_closes_the_curves_on_the_first_frame():
     still = animate_face(astronaut_track(), "0: blink=0; 10: blink=1", frames=30, loop=True)
     seam = np.abs(still.pixels()[0] - still.pixels()[-1]).max()
     assert seam < 0.5 * np.abs(still.pixels()[10] - still.pixels()[0]).max()
+    # The node's loop switch does the same.
+    from nodes.edit_nodes import ExpressionEditor
+
+    sliders = {n: 0.0 for n in ("blink", "smile", "mouth_open", "brow_raise", "pupil_x", "pupil_y", "yaw", "pitch",
+                                "roll")}
+    node_seam = {}
+    for loop in (False, True):
+        edited, _ = ExpressionEditor().edit(astronaut_track(), 30, 25.0, "0: blink=0; 10: blink=1", "linear",
+                                            loop=loop, **sliders)
+        node_seam[loop] = np.abs(edited.pixels()[0] - edited.pixels()[-1]).max()
+    assert node_seam[True] < 0.5 * node_seam[False]
     video = animate_face(driving_track()[:40], "0: smile=0", loop=True)
     step = np.linalg.norm(np.diff(video.pixels(), axis=0), axis=-1).mean(axis=1)
     assert np.linalg.norm(video.pixels()[0] - video.pixels()[-1], axis=-1).mean() < 2 * np.median(step)
@@ -106,3 +117,18 @@ def test_samplers_animate_every_face_and_can_loop(tiny, monkeypatch):
     looped_long, _ = ProgressiveLongVideo().sample(fye, ref, aligned, 2, 3.5, 3, "ddim", 8, 2, "pyramid", 4, "auto",
                                                    loop=True)
     assert looped_long["samples"].shape == (10, 4, 8, 8)
+
+
+def test_animate_loop_option_wraps_the_sampler_windows():
+    import argparse
+
+    from emoji_model.commands import animate
+
+    parser = argparse.ArgumentParser()
+    animate.configure(parser)
+    base = ["--reference", "r.png", "--driving", "d.mp4", "--out", "o.mp4"]
+    assert animate.settings_from_args(parser.parse_args(base + ["--loop"])).loop
+    assert animate.settings_from_args(parser.parse_args(base + ["--loop", "8"])).loop
+    assert not animate.settings_from_args(parser.parse_args(base)).loop
+    windows = context_windows(48, 16, 4, 2, loop=animate.settings_from_args(parser.parse_args(base + ["--loop"])).loop)
+    assert any(w[-1] < w[0] for w in windows)                  # a window runs past the end into the start
