@@ -229,7 +229,7 @@ def test_windowed_fusion_equals_one_window_for_the_spatial_path():
     for fusion in ("pyramid", "flat"):
         windowed = generate_latents(model, ref, ctrl, _settings(window=6, overlap=3, temporal=False,
                                                                  fusion=fusion), device="cpu")
-        torch.testing.assert_close(windowed, whole, rtol=1e-5, atol=1e-5)  # float32 rounding of the weights
+        torch.testing.assert_close(windowed, whole, rtol=1e-5, atol=5e-5)  # float32 rounding, and one thread sums in another order
 
 
 def test_same_seed_same_frames_and_temporal_layers_matter():
