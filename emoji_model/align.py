@@ -1,45 +1,80 @@
 """Motion alignment (paper 4.1): the driving expression and head motion in the reference's geometry.
 
-Everything happens in MediaPipe's canonical face space, as the research code does:
+Everything happens in MediaPipe's canonical face space:
 
 1. expression: each driving frame's canonical vertices minus those of a neutral driving frame,
-   scaled, added to the reference's canonical vertices;
-2. head pose: the rotation of each driving frame, the driving translation relative to driving
-   frame 0 plus the reference translation, the reference's scale (or the reference pose itself
-   when relative head pose is off);
-3. projection with MediaPipe's perspective camera into the reference frame;
-4. pupils: each iris is put back at its position relative to the eye's bounding box, measured in
-   the driving frame (iris tracking) or in the reference (no iris tracking).
+   the lids' motion scaled to the portrait's eye opening, weighted per region
+   (:mod:`emoji_model.regions`) and scaled, added to the reference's canonical vertices; a driving
+   photo, which has no neutral frame of its own, has its expression re-created from its blendshape
+   scores with the expression editor's displacement fields;
+2. head rotation (:data:`~emoji_model.constants.ROTATION_MODES`): ``relative`` composes the
+   portrait's own rotation with the driving rotation relative to the neutral frame, in the head's
+   own axes (R_ref · R_kᵀ · R_i), so a tilted or turned portrait keeps its pose; ``absolute`` takes
+   each driving frame's rotation as the released aligner does; ``off`` keeps the portrait's;
+3. head translation (:data:`~emoji_model.constants.TRANSLATION_MODES`): ``relative`` moves the
+   portrait as far as the driver moved since the neutral frame, measured in face widths (across)
+   and as a share of the distance (depth), scaled by a strength and softly limited, so that a driver
+   who moves in the frame does not carry the landmarks off the portrait's face; ``released`` adds
+   the driving translation since frame 0 to the reference's, as the released aligner does;
+4. projection with MediaPipe's perspective camera into the reference frame;
+5. pupils (:data:`~emoji_model.constants.IRIS_MODES`): each iris is placed in its projected eye box
+   at the portrait's place moved as the driving gaze moved (``relative``), at the driving place
+   (``absolute``, released) or at the portrait's place (``off``).
 
-Vectorised over frames: a 100-frame video aligns in a few milliseconds.
+:data:`RELEASED` (``rotation="absolute", translation="released", iris="absolute", lids="absolute"``)
+is the released aligner. Vectorised over frames: a 100-frame video aligns in a few milliseconds.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import geometry
-from .constants import NEUTRAL_CHOICES
+from .constants import IRIS_MODES, LID_MODES, NEUTRAL_CHOICES, ROTATION_MODES, TRANSLATION_LIMIT, TRANSLATION_MODES
 from .errors import InvalidRequestError, NoFaceDetectedError
-from .landmarks import LEFT_IRIS, RIGHT_IRIS, FaceTrack, fill_invalid, neutral_frame, topology
+from .landmarks import (
+    LEFT_EYE_APERTURE,
+    RIGHT_EYE_APERTURE,
+    FaceTrack,
+    close_loop,
+    faces_of,
+    fill_invalid,
+    from_faces,
+    neutral_frame,
+    topology,
+)
+from .projection import iris_relative, place_iris, project_onto
+from .regions import Regions, as_regions, memberships, vertex_weights
 from .runtime import resolve
 
 if TYPE_CHECKING:
+    from .landmarks import FYEFaces
     from .runtime import StandaloneRuntime
+
+__all__ = ["RELEASED", "align_faces", "align_motion", "iris_relative", "neutral_offset", "on_face_share",
+           "place_iris", "project_onto", "resolve_neutral", "smooth_track"]
 
 log = logging.getLogger(__name__)
 
+RELEASED = {"rotation": "absolute", "translation": "released", "iris": "absolute", "lids": "absolute"}
+"""The released aligner's choices: driving rotation, translation since frame 0, driving pupil places,
+the lids moved as far as the driver's."""
 
 
 def resolve_neutral(driving: FaceTrack, neutral: str | int = "auto") -> int:
-    """Index of the neutral driving frame: 'auto' (lowest blendshape sum), 'first' (first valid) or an index."""
+    """Index of the neutral driving frame: 'auto' (lowest blendshape sum), 'first' (first valid) or an index.
+
+    'blendshapes' re-creates each frame's expression from its scores; head pose and gaze are then
+    measured from the 'auto' frame.
+    """
     if isinstance(neutral, str) and neutral.lstrip("-").isdigit():
         neutral = int(neutral)
-    if neutral == "auto":
+    if neutral in ("auto", "blendshapes"):
         return neutral_frame(driving)
     if neutral == "first":
         valid = np.flatnonzero(driving.valid)
@@ -79,100 +114,253 @@ def smooth_track(track: FaceTrack, window: int, polyorder: int = 2) -> FaceTrack
                    blendshapes=np.clip(smooth(track.blendshapes), 0.0, 1.0), pose=pose)
 
 
-def _eye_boxes(points: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    xy = points[..., ring, :2]
-    return xy.min(axis=-2), xy.max(axis=-2)  # [..., 2] each
+# -- head pose -------------------------------------------------------------------------------
+
+def _rotation_power(rotation: np.ndarray, strength: float) -> np.ndarray:
+    # R^s for rotations [..., 3, 3]: the same axis, s times the angle.
+    if strength == 1.0:
+        return rotation
+    from scipy.spatial.transform import Rotation
+
+    flat = rotation.reshape(-1, 3, 3)
+    out = Rotation.from_rotvec(Rotation.from_matrix(flat).as_rotvec() * strength).as_matrix()
+    return out.reshape(rotation.shape)
 
 
-def iris_relative(points: np.ndarray) -> list[np.ndarray]:
-    """Iris points as fractions of their eye's bounding box: [right, left], each [..., 5, 2]."""
-    topo = topology()
-    out = []
-    for iris, ring in ((RIGHT_IRIS, topo.right_eye_ring), (LEFT_IRIS, topo.left_eye_ring)):
-        lo, hi = _eye_boxes(points, ring)
-        span = np.maximum(hi - lo, 1e-9)
-        out.append((points[..., list(iris), :2] - lo[..., None, :]) / span[..., None, :])
+def head_rotations(reference_pose: np.ndarray, driving_pose: np.ndarray, neutral: int, mode: str,
+                   strength: float = 1.0) -> np.ndarray:
+    """Rotations [N, 3, 3] of the aligned head for each driving pose [N, 4, 4] (see the module docstring).
+
+    MediaPipe's rotation is the face's rotation as the picture shows it (a face moved across the
+    frame unturned keeps its rotation, within 3° median on tests/landmark_inputs.moving_driver), so
+    no correction for the line of sight is made.
+    """
+    ref = geometry.nearest_rotation(reference_pose[:3, :3])
+    drv = geometry.nearest_rotation(driving_pose[:, :3, :3])
+    if mode == "off" or strength == 0.0:
+        return np.repeat(ref[None], len(drv), axis=0)
+    if mode == "relative":
+        delta = drv[neutral].T[None] @ drv                  # R_kᵀ R_i: the turn since the neutral frame
+        return ref[None] @ _rotation_power(delta, strength)
+    if mode == "absolute":
+        return ref[None] @ _rotation_power(ref.T[None] @ drv, strength)  # = drv at strength 1
+    raise InvalidRequestError(f"rotation must be one of {ROTATION_MODES}, got {mode!r}")
+
+
+DEPTH_LIMIT_SHARE = 0.5
+"""The depth change's soft limit (a share of the distance) as a share of the across limit (face widths)."""
+
+
+def apparent_width(canonical: np.ndarray, pose: np.ndarray) -> float:
+    """Width of the face as the camera sees it (metric x extent of the placed face contour)."""
+    xs = geometry.apply_pose(np.asarray(pose, dtype=np.float64),
+                             np.asarray(canonical, dtype=np.float64)[topology().face_oval])[:, 0]
+    return max(float(xs.max() - xs.min()), 1e-6)
+
+
+def _soft_limit(values: np.ndarray, limit: float) -> np.ndarray:
+    # Vectors [..., D] shortened smoothly to at most ``limit`` (tanh of the length): small moves pass
+    # unchanged, large ones approach the limit.
+    if limit <= 0:
+        return np.zeros_like(values)
+    length = np.linalg.norm(values, axis=-1, keepdims=True)
+    return values * np.where(length > 1e-12, limit * np.tanh(length / limit) / np.maximum(length, 1e-12), 1.0)
+
+
+def head_translations(reference: FaceTrack, driving: FaceTrack, neutral: int, mode: str, strength: float = 1.0,
+                      limit: float = TRANSLATION_LIMIT) -> np.ndarray:
+    """Translations [N, 3] of the aligned head (metric space of the reference's camera).
+
+    ``relative``: the driving movement since the neutral frame, toward the camera as a share of the
+    distance (the head moves along its line of sight, so it grows in place) and across in face widths
+    (as the picture shows the face: its contour's width), times ``strength``, softly limited to
+    ``limit`` face widths across and half of that in depth (tanh of the length, so small movements
+    pass almost unchanged).
+    """
+    ref_t = reference.pose[0, :3, 3].astype(np.float64)
+    t = driving.pose[:, :3, 3].astype(np.float64)                     # [N, 3]
+    if mode == "off" or strength == 0.0:
+        return np.repeat(ref_t[None], len(t), axis=0)
+    if mode == "released":
+        return ref_t + strength * (t - t[0])
+    if mode != "relative":
+        raise InvalidRequestError(f"translation must be one of {TRANSLATION_MODES}, got {mode!r}")
+    # Depth: the distance's ratio to the neutral frame's, which scales a face by the same ratio in
+    # both videos; limited more tightly, since a face that grows pushes its outline out on every side.
+    # Moving the head along its line of sight keeps its place in the picture.
+    ratio = t[:, 2] / t[neutral, 2]                                               # [N], < 1: closer
+    closer = _soft_limit(strength * (1.0 - ratio)[:, None], DEPTH_LIMIT_SHARE * limit)[:, 0]
+    # Across: what is left after the approach, over the face's metric width, is face widths whatever
+    # the distance; widths as seen, so a face in profile (narrow in the picture) moves as far as it looks.
+    ref_width = apparent_width(reference.canonical[0], reference.pose[0])
+    drv_width = apparent_width(driving.canonical[neutral], driving.pose[neutral])
+    across = _soft_limit(strength * (t[:, :2] - ratio[:, None] * t[neutral, :2]) / drv_width, limit)  # [N, 2]
+    out = (1.0 - closer)[:, None] * ref_t[None]
+    out[:, :2] += across * ref_width
     return out
 
 
-def place_iris(points: np.ndarray, relative: list[np.ndarray]) -> None:
-    """Put the iris points of ``points`` [..., 478, ≥2] at ``relative`` places in their eye boxes (in place)."""
-    topo = topology()
-    for iris, ring, rel in zip((RIGHT_IRIS, LEFT_IRIS), (topo.right_eye_ring, topo.left_eye_ring), relative):
-        lo, hi = _eye_boxes(points, ring)
-        points[..., list(iris), :2] = lo[..., None, :] + rel * (hi - lo)[..., None, :]
+# -- expression and pupils -------------------------------------------------------------------
+
+EYE_RATIO_RANGE = (0.3, 3.0)
+"""Bounds of the eye-opening ratio that scales the lids' motion (portrait over driver)."""
 
 
-def project_onto(reference: FaceTrack, canonical: np.ndarray, pose: np.ndarray,
-                 iris: list[np.ndarray]) -> np.ndarray:
-    """Normalised points [N, 478, 3] of canonical vertices [N, 478, 3] placed by poses [N, 4, 4] in the reference frame.
-
-    ``reference`` has one frame (shared) or N; z follows each reference frame's depth calibration.
-    ``iris`` (from :func:`iris_relative`) puts the pupils at their relative places in the projected
-    eye boxes.
-    """
-    n = len(canonical)
-    if len(reference) not in (1, n):
-        raise InvalidRequestError(f"projection onto a reference of {len(reference)} frames needs 1 or {n}")
-    calibration = np.array([geometry.depth_calibration(
-        reference.points[i].astype(np.float64),
-        geometry.apply_pose(reference.pose[i].astype(np.float64), reference.canonical[i].astype(np.float64)),
-        reference.size) for i in range(len(reference))])                     # [1 or N, 2]
-    calibration = np.broadcast_to(calibration, (n, 2))
-    points = geometry.project(canonical, pose, reference.size, calibration[:, 0], calibration[:, 1])
-    place_iris(points, iris)
-    return points
+def _lid_gaps(canonical: np.ndarray) -> np.ndarray:
+    # Distances between the middle points of the upper and lower lids [2] (right eye, left eye).
+    return np.array([np.linalg.norm(canonical[RIGHT_EYE_APERTURE[0]] - canonical[RIGHT_EYE_APERTURE[1]]),
+                     np.linalg.norm(canonical[LEFT_EYE_APERTURE[0]] - canonical[LEFT_EYE_APERTURE[1]])])
 
 
-def align_motion(reference: FaceTrack, driving: FaceTrack, *, relative_pose: bool = True,
-                 neutral: str | int = "auto", expression_scale: float = 1.0, iris_tracking: bool = True,
-                 smoothing: int = 0, reference_frame: int = 0,
+def _expression_deltas(ref: FaceTrack, drv: FaceTrack, k: int, from_blendshapes: bool, lids: str) -> np.ndarray:
+    # Canonical-space expression of every driving frame [N, 478, 3], before regional weights.
+    ref_canonical = ref.canonical[0].astype(np.float64)
+    if from_blendshapes:
+        from .editor import controls_from_blendshapes, field_deltas
+
+        return field_deltas(ref_canonical, controls_from_blendshapes(drv.blendshapes))
+    canonical = drv.canonical.astype(np.float64)
+    deltas = canonical - canonical[k]
+    if lids == "absolute":
+        return deltas
+    # The lids move as far as the driver's, as a share of each eye's opening: a blink shuts narrow
+    # eyes without the lids crossing, and wide ones all the way.
+    ratio = np.clip(_lid_gaps(ref_canonical) / np.maximum(_lid_gaps(canonical[k]), 1e-6),
+                    *EYE_RATIO_RANGE)                                         # [2]: right eye, left eye
+    member = memberships(ref_canonical)[:, :2]                                # [478, 2]
+    return deltas * (1.0 + member @ (ratio - 1.0))[None, :, None]
+
+
+def _iris_places(ref: FaceTrack, drv: FaceTrack, k: int, mode: str, strength: float,
+                 from_blendshapes: bool) -> list[np.ndarray]:
+    n = len(drv)
+    own = [np.repeat(r, n, axis=0) for r in iris_relative(ref.points.astype(np.float64))]
+    if mode == "off" or strength == 0.0:
+        return own
+    if mode == "absolute":
+        driven = iris_relative(drv.points.astype(np.float64))
+        return [o + strength * (d - o) for o, d in zip(own, driven)]
+    if mode != "relative":
+        raise InvalidRequestError(f"iris must be one of {IRIS_MODES}, got {mode!r}")
+    if from_blendshapes:
+        from .editor import controls_from_blendshapes, move_iris
+
+        c = controls_from_blendshapes(drv.blendshapes)
+        return move_iris(own, strength * c["pupil_x"], strength * c["pupil_y"])
+    driven = iris_relative(drv.points.astype(np.float64))
+    return [o + strength * (d - d[k:k + 1]) for o, d in zip(own, driven)]
+
+
+# -- the aligner -----------------------------------------------------------------------------
+
+def align_motion(reference: FaceTrack, driving: FaceTrack, *, rotation: str = "relative",
+                 translation: str = "relative", translation_strength: float = 1.0,
+                 translation_limit: float = TRANSLATION_LIMIT, iris: str = "relative", lids: str = "relative",
+                 regions: Regions | str | Mapping[str, float] | None = None, neutral: str | int = "auto",
+                 expression_scale: float = 1.0, smoothing: int = 0, loop: bool | int = False,
+                 reference_frame: int = 0, relative_pose: bool | None = None, iris_tracking: bool | None = None,
                  runtime: StandaloneRuntime | None = None) -> FaceTrack:
     """Landmarks of the reference face carrying the driving motion, one frame per driving frame.
 
     The result is a track in the reference's frame size: ``points`` projected into the reference
     image, ``canonical`` the transferred canonical vertices, ``pose`` the composed poses,
-    ``blendshapes`` and ``valid`` those of the driving frames.
+    ``blendshapes`` and ``valid`` those of the driving frames. ``loop`` (True, or a number of
+    frames) blends the driving track's end into its first frame first, for a seamless loop.
+    ``relative_pose=False`` and ``iris_tracking=False`` are the older switches for rotation and
+    translation ``off`` and iris ``off``.
     """
     resolve(runtime).check_interrupt()
+    if relative_pose is False:
+        rotation = translation = "off"
+    if iris_tracking is False:
+        iris = "off"
+    for name, value, choices in (("rotation", rotation, ROTATION_MODES), ("iris", iris, IRIS_MODES),
+                                 ("translation", translation, TRANSLATION_MODES), ("lids", lids, LID_MODES)):
+        if value not in choices:
+            raise InvalidRequestError(f"{name} must be one of {choices}, got {value!r}")
     if len(reference) == 0 or len(driving) == 0:
         raise InvalidRequestError("motion alignment needs a reference face and at least one driving frame")
     if not 0 <= expression_scale <= 2:
         raise InvalidRequestError(f"expression_scale must be within 0..2, got {expression_scale}")
+    if not 0 <= translation_strength <= 1:
+        raise InvalidRequestError(f"translation_strength must be within 0..1, got {translation_strength}")
+    if not 0 <= translation_limit <= 10:
+        raise InvalidRequestError(f"translation_limit must be within 0..10 face widths, got {translation_limit}")
     if not -len(reference) <= reference_frame < len(reference):
         raise InvalidRequestError(f"reference_frame {reference_frame} is outside the reference track "
                                   f"(0..{len(reference) - 1})")
+    strengths = as_regions(regions)
     ref = reference[reference_frame]
     if not ref.valid[0]:
-        raise NoFaceDetectedError(f"frame {reference_frame} of the reference")
+        raise NoFaceDetectedError(f"frame {reference_frame} of the reference", subject="portrait")
     if not driving.valid.any():
-        raise NoFaceDetectedError("any frame of the driving track")
+        raise NoFaceDetectedError("any frame of the driving track", subject="driving video")
     drv = fill_invalid(driving)
     if smoothing and smoothing >= 3:
         drv = smooth_track(drv, smoothing)
+    if loop:
+        drv = close_loop(drv, None if loop is True else int(loop))
     n = len(drv)
+    from_blendshapes = neutral == "blendshapes" or (neutral == "auto" and n == 1)
     k = resolve_neutral(drv, neutral)
 
-    # 1. Expression in canonical space.
+    # 1. Expression in canonical space, weighted per region.
     ref_canonical = ref.canonical[0].astype(np.float64)                      # [478, 3]
-    drv_canonical = drv.canonical.astype(np.float64)                         # [N, 478, 3]
-    canonical = ref_canonical + expression_scale * (drv_canonical - drv_canonical[k])
+    deltas = _expression_deltas(ref, drv, k, from_blendshapes, lids)         # [N, 478, 3]
+    weights = (np.full(len(ref_canonical), strengths.eyes) if strengths.uniform
+               else vertex_weights(ref_canonical, strengths))                # [478]
+    canonical = ref_canonical + expression_scale * weights[None, :, None] * deltas
 
-    # 2. Head pose.
+    # 2.-3. Head pose.
     ref_pose = ref.pose[0].astype(np.float64)
-    if relative_pose:
-        drv_pose = drv.pose.astype(np.float64)
-        rotation = geometry.nearest_rotation(drv_pose[:, :3, :3])
-        translation = drv_pose[:, :3, 3] - drv_pose[0, :3, 3] + ref_pose[:3, 3]
-        pose = geometry.compose_pose(rotation, translation, np.full(n, geometry.pose_scale(ref_pose)))
-    else:
-        pose = np.repeat(ref_pose[None], n, axis=0)
+    drv_pose = drv.pose.astype(np.float64)
+    rotations = head_rotations(ref_pose, drv_pose, k, rotation, strengths.head)
+    translations = head_translations(ref, drv, k, translation, translation_strength * strengths.head,
+                                     translation_limit)
+    pose = geometry.compose_pose(rotations, translations, np.full(n, geometry.pose_scale(ref_pose)))
 
-    # 3. Projection into the reference frame; 4. pupils at their relative place in the eye boxes.
-    source = drv.points if iris_tracking else np.repeat(ref.points, n, axis=0)
-    points = project_onto(ref, canonical, pose, iris_relative(source.astype(np.float64)))
+    # 4. Projection into the reference frame; 5. pupils in the projected eye boxes.
+    places = _iris_places(ref, drv, k, iris, strengths.pupils, from_blendshapes)
+    points = project_onto(ref, canonical, pose, places)
 
-    log.debug("aligned %d driving frames (neutral frame %d, relative pose %s, expression x%.2f)",
-              n, k, relative_pose, expression_scale)
+    log.debug("aligned %d driving frames (neutral %s, rotation %s, translation %s x%.2f, iris %s, %s)",
+              n, "blendshapes" if from_blendshapes else f"frame {k}", rotation, translation,
+              translation_strength, iris, strengths)
     return FaceTrack(points=points, canonical=canonical, pose=pose, blendshapes=drv.blendshapes,
-                     valid=driving.valid, size=ref.size, fps=drv.fps, source=ref.source)
+                     valid=driving.valid, size=ref.size, fps=drv.fps, fitted=np.repeat(ref.fitted, n),
+                     source=ref.source)
+
+
+def align_faces(reference: FYEFaces, driving: FYEFaces, **options) -> FYEFaces:
+    """:func:`align_motion` for every face of ``reference``: one driving track for all, or one per face."""
+    refs, drvs = faces_of(reference), faces_of(driving)
+    if len(drvs) not in (1, len(refs)):
+        raise InvalidRequestError(f"{len(refs)} reference faces but {len(drvs)} driving faces: give one driving "
+                                  f"face for all of them, or one per face ({len(refs)})")
+    return from_faces([align_motion(r, drvs[0] if len(drvs) == 1 else drvs[j], **options)
+                       for j, r in enumerate(refs)])
+
+
+# -- measures (tests and bench/align.py) ---------------------------------------------------------
+
+def face_span(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Cheek-to-cheek distance in pixels [...] of landmarks [..., 478, ≥2] (points 234 and 454)."""
+    xy = np.asarray(points, dtype=np.float64)[..., :2] * np.asarray(size, dtype=np.float64)
+    return np.linalg.norm(xy[..., 234, :] - xy[..., 454, :], axis=-1)
+
+
+def neutral_offset(aligned: FaceTrack, reference: FaceTrack, frame: int) -> float:
+    """Mean distance of the aligned points at ``frame`` from the reference's own, in face widths."""
+    a = aligned.pixels()[frame].astype(np.float64)
+    r = reference.pixels()[0].astype(np.float64)
+    return float(np.linalg.norm(a - r, axis=-1).mean() / face_span(reference.points[0], reference.size))
+
+
+def on_face_share(aligned: FaceTrack, reference: FaceTrack, grow: float = 0.25) -> float:
+    """Share of all aligned points, over all frames, inside the reference's face box grown by ``grow`` a side."""
+    oval = reference.pixels()[0, topology().face_oval].astype(np.float64)
+    lo, hi = oval.min(axis=0), oval.max(axis=0)
+    margin = grow * (hi - lo)
+    px = aligned.pixels().astype(np.float64)
+    inside = ((px >= lo - margin) & (px <= hi + margin)).all(axis=-1)
+    return float(inside.mean())

@@ -15,7 +15,33 @@ LATENT_SCALE = 0.18215
 # -- landmarks and alignment (emoji_model.landmarks, emoji_model.align) ------------------------
 FACE_LANDMARKER_FILE = "face_landmarker.task"
 EXTRACT_MODES = ("auto", "video", "image")
-NEUTRAL_CHOICES = ("auto", "first")
+NEUTRAL_CHOICES = ("auto", "first", "blendshapes")
+"""auto: the driving frame with the lowest blendshape sum (a one-frame driver: blendshapes); first: the
+first valid frame; blendshapes: each frame's expression read from its blendshape scores."""
+ROTATION_MODES = ("relative", "absolute", "off")
+"""relative: the portrait's own rotation composed with the driving rotation relative to the neutral
+frame; absolute: the driving frame's rotation (the released aligner); off: the portrait's rotation."""
+TRANSLATION_MODES = ("relative", "released", "off")
+"""relative: the driving movement since the neutral frame in face widths, softly limited; released:
+the driving translation since frame 0 as the released aligner adds it; off: the portrait's place."""
+IRIS_MODES = ("relative", "absolute", "off")
+"""relative: the portrait's gaze moved as the driving gaze moves from the neutral frame; absolute: the
+driving pupils' place in the eye (the released aligner); off: the portrait's pupils."""
+LID_MODES = ("relative", "absolute")
+"""relative: the lids move as far as the driver's as a share of each eye's opening (narrow eyes shut
+without the lids crossing); absolute: as far as the driver's lids move (the released aligner)."""
+TRANSLATION_LIMIT = 0.08
+"""Default soft limit of the relative head translation, in face widths (and as a share of the distance)."""
+REGIONS = ("eyes", "brows", "mouth", "pupils", "head")
+REGION_PRESETS: dict[str, tuple[float, ...]] = {
+    "all": (1.0, 1.0, 1.0, 1.0, 1.0),
+    "expression only": (1.0, 1.0, 1.0, 1.0, 0.0),
+    "only mouth": (0.0, 0.0, 1.0, 0.0, 0.0),
+    "only eyes": (1.0, 0.0, 0.0, 1.0, 0.0),
+}
+"""Strengths of REGIONS (eyes, brows, mouth, pupils, head pose) each preset starts from."""
+FACE_ALL = "all"
+"""face_index value that asks for every face (one track per face)."""
 
 # -- crop and paste-back (emoji_model.crop) ------------------------------------------------------
 PAD_MODES = ("edge", "reflect", "black")
@@ -57,6 +83,9 @@ CONTROLS: dict[str, Control] = {c.name: c for c in (
 # -- checkpoints (emoji_model.checkpoints) -------------------------------------------------------
 RELEASED_FILES = {"referencenet": "appearance", "unet": "unet", "lmk_guider": "guider"}
 """Stems of the released weight files and the component of our model each one fills."""
+
+REFERENCE_IMAGES = ("first", "each")
+"""Which images of a batch the reference encoder encodes: the first, or each (one face each)."""
 
 # -- sampling (emoji_model.sampling, emoji_model.pipeline) --------------------------------------
 SCHEDULER_NAMES = ("ddim", "dpmpp_2m", "euler", "euler_ancestral", "unipc", "ddpm")

@@ -1,9 +1,7 @@
 """Face crops and paste-back: a square crop around the face at the model size, and the way back.
 
-MediaPipe's face detector (inside the landmarker) looks at a 128-pixel copy of the whole image and
-misses faces smaller than about a fifth of the frame. :func:`find_faces` therefore tries the whole
-image first, then overlapping square windows of halving size (the detector sees each window
-enlarged), and maps the landmarks back to the full image.
+Without a face track the face is searched for (:mod:`emoji_model.facesearch`: small faces in large
+images, every candidate checked to be a face).
 
 A crop is described by :class:`CropInfo`: the source size, the square box in source pixels (it may
 reach past the borders, which are then padded) and the output size. :func:`paste_back` puts frames
@@ -23,7 +21,20 @@ import numpy as np
 from . import geometry
 from .constants import BATCH_BOXES, PAD_MODES
 from .errors import InvalidRequestError, NoFaceDetectedError
-from .landmarks import Face, FaceLandmarker, FaceTrack, as_rgb_uint8, extract_auto, resolve_face_model, topology
+from .constants import FACE_ALL
+from .facesearch import SEARCH_MIN_WINDOW, find_faces
+from .landmarks import (
+    FaceGroup,
+    FaceLandmarker,
+    FaceTrack,
+    FYEFaces,
+    as_rgb_uint8,
+    extract_auto,
+    faces_of,
+    resolve_face_model,
+    topology,
+)
+from .landmarks.extract import MAX_FACES, associate, parse_face_index
 from .provenance import image_signature
 from .runtime import resolve
 
@@ -34,8 +45,6 @@ log = logging.getLogger(__name__)
 
 MARGIN_RANGE = (1.0, 4.0)
 _BORDER = {"edge": "BORDER_REPLICATE", "reflect": "BORDER_REFLECT_101", "black": "BORDER_CONSTANT"}
-SEARCH_MIN_WINDOW = 128
-"""Smallest search window in pixels: faces of about 30 pixels and more are found."""
 SEARCH_FRAMES = 16
 """Frames of a video batch searched for the face when no face track is given."""
 
@@ -69,99 +78,33 @@ class CropInfo:
         return (slice(sy0, sy1), slice(sx0, sx1), slice(sy0 - y0, sy1 - y0), slice(sx0 - x0, sx1 - x0))
 
 
-# -- finding small faces in large images -----------------------------------------------------
+@dataclass(frozen=True)
+class CropGroup:
+    """The crops of several faces of the same source frames (face_index "all"), one CropInfo per face."""
 
-def _windows(width: int, height: int, side: int) -> list[tuple[int, int]]:
-    # Top-left corners of square windows with half-window overlap covering the frame.
-    def starts(length: int) -> list[int]:
-        if length <= side:
-            return [0]
-        step = side // 2
-        out = list(range(0, length - side, step))
-        return out + [length - side]
+    infos: tuple[CropInfo, ...]
 
-    return [(x, y) for y in starts(height) for x in starts(width)]
+    def __post_init__(self) -> None:
+        if not self.infos or len({i.source_size for i in self.infos}) != 1:
+            raise InvalidRequestError("a crop group needs crops of one source size")
 
-
-def _face_in_window(face: Face, x0: int, y0: int, side: int, size: tuple[int, int]) -> Face:
-    # Window-normalised landmarks -> full-image-normalised; z scales like x (MediaPipe's convention).
-    w, h = size
-    points = face.points.copy()
-    points[:, 0] = (points[:, 0] * side + x0) / w
-    points[:, 1] = (points[:, 1] * side + y0) / h
-    points[:, 2] = points[:, 2] * side / w
-    return Face(points, None, face.blendshapes)  # the pose belongs to the window's camera
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """(width, height) of the source frames."""
+        return self.infos[0].source_size
 
 
-def _box_of(face: Face, size: tuple[int, int]) -> np.ndarray:
-    xy = face.points[:, :2] * np.asarray(size, dtype=np.float64)
-    return np.concatenate([xy.min(0), xy.max(0)])
+FYECrop = CropInfo | CropGroup
+"""What travels as FYE_CROP."""
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    lo, hi = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
-    inter = float(np.prod(np.clip(hi - lo, 0, None)))
-    union = float(np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2])) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _dedupe(faces: list[Face], size: tuple[int, int]) -> list[Face]:
-    # Overlapping windows find the same face several times: keep the largest of each cluster.
-    faces = sorted(faces, key=lambda f: -f.area(size))
-    kept: list[Face] = []
-    for face in faces:
-        box = _box_of(face, size)
-        if all(_iou(box, _box_of(k, size)) < 0.3 for k in kept):
-            kept.append(face)
-    return kept
-
-
-def find_faces(image: np.ndarray, landmarker: FaceLandmarker, *, hint: np.ndarray | None = None,
-               min_window: int = SEARCH_MIN_WINDOW, runtime: StandaloneRuntime | None = None) -> list[Face]:
-    """Faces in an image of any size, largest first, landmarks normalised to the whole image.
-
-    Tries the whole image, then a window around ``hint`` (a box x0, y0, x1, y1 in pixels, e.g. the
-    face of the previous frame), then overlapping windows of halving size down to ``min_window``.
-    ``landmarker`` must be in IMAGE mode. Poses are left out (they belong to each window's camera).
-    """
-    import cv2
-
-    rt = resolve(runtime)
-    image = as_rgb_uint8(image)
-    h, w = image.shape[:2]
-    faces = landmarker.detect(image)
-    if faces:
-        return faces
-
-    def look(x0: int, y0: int, side: int) -> list[Face]:
-        window = image[y0:y0 + side, x0:x0 + side]
-        if window.shape[0] != window.shape[1]:  # a window at a border of a frame smaller than it
-            window = cv2.copyMakeBorder(window, 0, side - window.shape[0], 0, side - window.shape[1],
-                                        cv2.BORDER_CONSTANT)
-        if side > 256:  # the detector sees 128 pixels; the search only needs the face's box
-            window = cv2.resize(window, (256, 256), interpolation=cv2.INTER_AREA)
-        return [_face_in_window(f, x0, y0, side, (w, h)) for f in landmarker.detect(np.ascontiguousarray(window))]
-
-    if hint is not None:
-        (hx0, hy0, hx1, hy1) = np.asarray(hint, dtype=np.float64)
-        side = int(min(max(w, h), max(min_window, 3.0 * max(hx1 - hx0, hy1 - hy0))))
-        cx, cy = (hx0 + hx1) / 2, (hy0 + hy1) / 2
-        x0 = int(np.clip(round(cx - side / 2), 0, max(w - side, 0)))
-        y0 = int(np.clip(round(cy - side / 2), 0, max(h - side, 0)))
-        faces = look(x0, y0, side)
-        if faces:
-            return _dedupe(faces, (w, h))
-    side = min(w, h) // 2 if max(w, h) <= 2 * min(w, h) else min(w, h)
-    while side >= min_window:
-        found: list[Face] = []
-        for x0, y0 in _windows(w, h, side):
-            rt.check_interrupt()
-            found += look(x0, y0, side)
-        if found:
-            log.debug("found %d face(s) in %d-pixel windows of a %dx%d image", len(found), side, w, h)
-            return _dedupe(found, (w, h))
-        side //= 2
-    return []
+def crops_of(value: FYECrop) -> list[CropInfo]:
+    """The CropInfo of each face of a FYE_CROP value."""
+    if isinstance(value, CropGroup):
+        return list(value.infos)
+    if isinstance(value, CropInfo):
+        return [value]
+    raise InvalidRequestError(f"expected a face crop (FYE_CROP from Crop Face), got {type(value).__name__}")
 
 
 # -- the crop box ----------------------------------------------------------------------------
@@ -274,71 +217,127 @@ def crop_track(track: FaceTrack, info: CropInfo, face_model: str | os.PathLike |
     return out
 
 
-def _search_boxes(images: np.ndarray, face_index: int, face_model, runtime) -> np.ndarray:
-    # Face boxes [K, 4] of up to SEARCH_FRAMES evenly spaced frames (NaN where none was found).
+def _search_boxes(images: np.ndarray, face_index: int | str, face_model, runtime) -> np.ndarray:
+    # Face-contour boxes [faces, K, 4] of up to SEARCH_FRAMES evenly spaced frames (NaN where a face
+    # was not found); one face unless face_index is "all", whose faces are those of the first frame
+    # with faces, followed to the nearest box in the others.
     rt = resolve(runtime)
     picks = np.unique(np.linspace(0, len(images) - 1, min(len(images), SEARCH_FRAMES)).round().astype(int))
-    boxes = np.full((len(picks), 4), np.nan)
+    every = face_index == FACE_ALL
+    rows: list[list[np.ndarray | None]] = []
+    last: list[np.ndarray | None] = []
     hint = None
-    with FaceLandmarker(face_model, video=False, num_faces=max(4, face_index + 1), runtime=rt) as lm, \
-            rt.progress(len(picks), "find the face") as bar:
-        for row, i in enumerate(picks):
+    with FaceLandmarker(face_model, video=False, num_faces=MAX_FACES if every else max(4, int(face_index) + 1),
+                        runtime=rt) as lm, rt.progress(len(picks), "find the face") as bar:
+        for i in picks:
             frame = as_rgb_uint8(images[i])
             size = (frame.shape[1], frame.shape[0])
-            faces = find_faces(frame, lm, hint=hint, runtime=rt)
-            if face_index < len(faces):
-                px = faces[face_index].points[topology().face_oval, :2] * np.asarray(size, dtype=np.float64)
-                boxes[row] = hint = np.concatenate([px.min(0), px.max(0)])
+            faces = find_faces(frame, lm, hint=None if every else hint, every=every, runtime=rt)
+            if every:
+                chosen = list(faces) if not last else associate(last, faces, size)
+            else:
+                chosen = [faces[face_index] if face_index < len(faces) else None]
+            row = []
+            for face in chosen:
+                px = None if face is None else \
+                    face.points[topology().face_oval, :2] * np.asarray(size, dtype=np.float64)
+                row.append(None if px is None else np.concatenate([px.min(0), px.max(0)]))
+            if every and not last:
+                last = [r for r in row]
+            elif every:
+                last = [r if r is not None else prev for r, prev in zip(row, last)]
+            else:
+                hint = row[0] if row[0] is not None else hint
+            rows.append(row)
             bar.update()
+    count = max((len(r) for r in rows), default=0)
+    boxes = np.full((max(count, 1), len(picks), 4), np.nan)
+    for k, row in enumerate(rows):
+        for j, box in enumerate(row):
+            if box is not None:
+                boxes[j, k] = box
     return boxes
 
 
-def crop_face(images: np.ndarray, faces: FaceTrack | None = None, *, margin: float = 1.8, size: int = 512,
-              batch_box: str = "union", pad_mode: str = "edge", face_index: int = 0,
-              face_model: str | os.PathLike | None = None, fps: float = 25.0,
-              runtime: StandaloneRuntime | None = None) -> tuple[np.ndarray, CropInfo, FaceTrack]:
+def _check_faces(faces: FaceTrack, images: np.ndarray) -> None:
+    h, w = images.shape[1:3]
+    if faces.size != (w, h):
+        raise InvalidRequestError(f"the faces were found in {faces.size[0]}x{faces.size[1]} frames but the "
+                                  f"image is {w}x{h}: connect the faces of this image")
+    if len(faces) not in (1, len(images)):
+        raise InvalidRequestError(f"the face track has {len(faces)} frames, the image batch {len(images)}: "
+                                  "they must match (or the track has one frame)")
+    if not faces.valid.any():
+        raise NoFaceDetectedError("the face track given to the crop")
+
+
+def crop_face(images: np.ndarray, faces: FYEFaces | None = None, *, margin: float = 1.8, size: int = 512,
+              batch_box: str = "union", pad_mode: str = "edge", face_index: int | str = 0,
+              face_box: tuple[float, float, float, float] | None = None, face_model: str | os.PathLike | None = None,
+              fps: float = 25.0, runtime: StandaloneRuntime | None = None) -> tuple[np.ndarray, FYECrop, FYEFaces]:
     """(crop [B, S, S, 3] float32, crop info, face track in the crop) of a portrait or a video batch.
 
     With ``faces`` (a track of these frames) the box comes from its valid frames and the track is
     moved into the crop. Without, the face is searched for (small faces in large frames included)
-    and the landmarks are extracted from the crop itself, like FYE_LandmarkExtractor would.
-    One box serves the whole batch, so the crop does not jitter.
+    and the landmarks are extracted from the crop itself, like FYE_LandmarkExtractor would; a
+    ``face_box`` (x, y, w, h pixels) gives the face's place instead (a canonical face is fitted
+    there when MediaPipe finds none). One box serves the whole batch, so the crop does not jitter.
+
+    Several faces (``face_index`` "all", or a FaceGroup as ``faces``) give one crop per face: the
+    crops face after face [K·B, S, S, 3], a :class:`CropGroup` and a FaceGroup.
     """
+    from .landmarks.fit import check_box
+
     images = _as_float_frames(images, "the image")
     if size % 8 or not 64 <= size <= 4096:
         raise InvalidRequestError(f"crop size must be a multiple of 8 within 64..4096, got {size}")
     if pad_mode not in PAD_MODES:
         raise InvalidRequestError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
     h, w = images.shape[1:3]
-    if faces is not None:
-        if faces.size != (w, h):
-            raise InvalidRequestError(f"the faces were found in {faces.size[0]}x{faces.size[1]} frames but the "
-                                      f"image is {w}x{h}: connect the faces of this image")
-        if len(faces) not in (1, len(images)):
-            raise InvalidRequestError(f"the face track has {len(faces)} frames, the image batch {len(images)}: "
-                                      "they must match (or the track has one frame)")
-        if not faces.valid.any():
-            raise NoFaceDetectedError("the face track given to the crop")
-        boxes = face_boxes(faces)
+    face_index = parse_face_index(face_index)
+    given = None if faces is None else faces_of(faces)
+    if given is not None:
+        for track in given:
+            _check_faces(track, images)
+        boxes = np.stack([face_boxes(track) for track in given])                 # [faces, F, 4]
+    elif face_box is not None:
+        x, y, bw, bh = check_box(face_box, (w, h))
+        boxes = np.array([[[x, y, x + bw, y + bh]]])
     else:
         boxes = _search_boxes(images, face_index, face_model, runtime)
-        if not np.isfinite(boxes).all(axis=1).any():
+        if not np.isfinite(boxes).all(axis=-1).any():
             raise NoFaceDetectedError(
                 "the image" if len(images) == 1 else f"any of the searched frames of the {len(images)}-frame batch",
                 f"The search looked at the whole image and at windows down to {SEARCH_MIN_WINDOW} pixels: faces "
-                "smaller than about 30 pixels, turned far away or covered are not found. Use a larger or clearer "
-                "face, or connect faces found another way.")
-    info = CropInfo((w, h), square_box(boxes, margin, batch_box), int(size), pad_mode)
-    crops = crop_images(images, info)
-    if faces is not None:
-        track = crop_track(faces, info, face_model, runtime)
-    else:
-        track = extract_auto(crops, fps=fps, face_index=0, face_model=face_model, what="the face crop",
-                             runtime=runtime)
-    # The track belongs to the crop now: a still's reference portrait is the crop itself.
-    track = replace(track, source=image_signature(crops[0]) if len(crops) == 1 else None)
-    log.debug("cropped %d frame(s) of %dx%d at box %s to %d px", len(images), w, h, info.box, size)
-    return crops, info, track
+                "smaller than about 30 pixels, turned far away or covered are not found, and what is not a face "
+                "is refused. Use a larger or clearer face, connect faces found another way, or give the face's "
+                "box (face_box / face_mask on the node, --face-box on the command line).",
+                subject="portrait" if len(images) == 1 else "driving video")
+    crops, infos, tracks = [], [], []
+    for j, face_boxes_j in enumerate(boxes):
+        info = CropInfo((w, h), square_box(face_boxes_j, margin, batch_box), int(size), pad_mode)
+        crop = crop_images(images, info)
+        if given is not None:
+            track = crop_track(given[j], info, face_model, runtime)
+        else:
+            # The face to take in the crop is the one at the searched (or given) place.
+            found = face_boxes_j[np.isfinite(face_boxes_j).all(axis=1)]
+            lo, hi = found[:, :2].min(axis=0), found[:, 2:].max(axis=0)
+            x0, y0, _ = info.box
+            hint = (float((lo[0] - x0) * info.scale), float((lo[1] - y0) * info.scale),
+                    float((hi[0] - lo[0]) * info.scale), float((hi[1] - lo[1]) * info.scale))
+            track = extract_auto(crop, fps=fps, face_box=hint, face_model=face_model,
+                                 what="the face crop" if len(boxes) == 1 else f"the crop of face {j + 1}",
+                                 runtime=runtime)
+        # The track belongs to the crop now: a still's reference portrait is the crop itself.
+        track = replace(track, source=image_signature(crop[0]) if len(crop) == 1 else None)
+        crops.append(crop)
+        infos.append(info)
+        tracks.append(track)
+        log.debug("cropped %d frame(s) of %dx%d at box %s to %d px", len(images), w, h, info.box, size)
+    if len(infos) == 1:
+        return crops[0], infos[0], tracks[0]
+    return np.concatenate(crops), CropGroup(tuple(infos)), FaceGroup(tracks)
 
 
 # -- paste-back ------------------------------------------------------------------------------
@@ -351,20 +350,40 @@ def _border_ramp(size: int, width: float) -> np.ndarray:
     return np.minimum(ramp[:, None], ramp[None, :]).astype(np.float32)
 
 
+def _face_hull(points: np.ndarray, size: int) -> np.ndarray:
+    # uint8 [S, S]: the convex hull of the head contour (the released head polygon, no forehead) and of
+    # the eyes, brows, lips and nose. A face in profile folds its contour over itself, so the polygon
+    # alone would leave its middle out; for a frontal face the hull is the polygon.
+    import cv2
+
+    from .landmarks import HEAD_OVAL
+
+    inner = np.concatenate([topology().expression_points, NOSE_POINTS])
+    xy = np.asarray(points)[np.concatenate([list(HEAD_OVAL), inner]), :2] * size
+    hull = cv2.convexHull(np.round(xy).astype(np.int32))
+    mask = np.zeros((size, size), dtype=np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1)
+    return mask
+
+
+NOSE_POINTS = np.array([1, 2, 4, 5, 6, 19, 94, 168, 195, 197])
+"""Nose tip and bridge points, inside the paste mask even where the nose stands out of the contour."""
+
+
 def paste_mask(points: np.ndarray | None, size: int, expand: float = 0.1, feather: float = 0.05) -> np.ndarray:
-    """Blend weights float32 [S, S] in 0..1: the face-oval polygon of ``points`` grown and feathered.
+    """Blend weights float32 [S, S] in 0..1: the face of ``points`` (contour and features) grown and feathered.
 
     ``expand`` and ``feather`` are shares of the face width (of the crop side without ``points``,
     which gives a square with feathered edges). The weights fall to zero at the crop's border.
     """
     import cv2
 
-    from .landmarks import face_width, facial_mask
+    from .landmarks import face_width
 
     if points is None:
         return _border_ramp(size, max(1.0, feather * size))
     width = max(face_width(points, (size, size)), 1.0)
-    mask = facial_mask(points, (size, size)).astype(np.uint8)
+    mask = _face_hull(points, size)
     grow = int(round(expand * width))
     if grow > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
@@ -378,59 +397,78 @@ def paste_mask(points: np.ndarray | None, size: int, expand: float = 0.1, feathe
     return alpha
 
 
-def paste_back(frames: np.ndarray, original: np.ndarray, info: CropInfo, faces: FaceTrack | None = None, *,
+def paste_back(frames: np.ndarray, original: np.ndarray, crop: FYECrop, faces: FYEFaces | None = None, *,
                expand: float = 0.1, feather: float = 0.05,
                runtime: StandaloneRuntime | None = None) -> np.ndarray:
     """Frames of the crop [N, S, S, 3] composited into the source frames: float32 [N, H, W, 3].
 
     ``original`` is one source image (used for every frame) or N source frames. ``faces`` (one
     frame or N, of a square frame such as the crop) shape the blend mask; without them a square
-    with feathered edges is used.
+    with feathered edges is used. With the crops of K faces (a CropGroup) ``frames`` holds each
+    face's N frames after the other's [K·N, S, S, 3], ``faces`` a FaceGroup of K tracks, and every
+    face is composited into the same output frames.
     """
-    import cv2
-
     rt = resolve(runtime)
+    infos = crops_of(crop)
     frames = _as_float_frames(frames, "the generated frames")
     original = _as_float_frames(original, "the original image")
-    n, fh, fw = frames.shape[:3]
-    sw, sh = info.source_size
+    k = len(infos)
+    if len(frames) % k:
+        raise InvalidRequestError(f"{len(frames)} generated frames for the crops of {k} faces: the frames of "
+                                  f"each face come one face after the other, {k} x the frames of one face")
+    n, fh, fw = len(frames) // k, frames.shape[1], frames.shape[2]
+    sw, sh = infos[0].source_size
     if fh != fw:
         raise InvalidRequestError(f"the generated frames are {fw}x{fh}; paste-back needs square frames like "
-                                  f"the {info.output_size}x{info.output_size} crop")
+                                  f"the {infos[0].output_size}x{infos[0].output_size} crop")
     if original.shape[1:3] != (sh, sw):
         raise InvalidRequestError(f"the original image is {original.shape[2]}x{original.shape[1]}, but the crop "
                                   f"was taken from a {sw}x{sh} image: connect the image that was cropped")
     if len(original) not in (1, n):
         raise InvalidRequestError(f"{n} generated frames but {len(original)} original frames: give one "
                                   f"original image or exactly {n} frames")
+    tracks: list[FaceTrack | None] = [None] * k
     if faces is not None:
-        if len(faces) not in (1, n):
-            raise InvalidRequestError(f"{n} generated frames but a face track of {len(faces)} frames: give "
-                                      f"the faces of the generated frames (one per frame) or one frame")
-        if faces.size[0] != faces.size[1]:
-            raise InvalidRequestError(f"the faces belong to a {faces.size[0]}x{faces.size[1]} frame; paste-back "
-                                      "needs the faces of the square crop (the aligned or edited faces)")
+        given = faces_of(faces)
+        if len(given) != k:
+            raise InvalidRequestError(f"the crops are of {k} face(s) but the faces connected hold {len(given)}: "
+                                      "connect the faces that were animated from these crops")
+        for track in given:
+            if len(track) not in (1, n):
+                raise InvalidRequestError(f"{n} generated frames but a face track of {len(track)} frames: give "
+                                          f"the faces of the generated frames (one per frame) or one frame")
+            if track.size[0] != track.size[1]:
+                raise InvalidRequestError(f"the faces belong to a {track.size[0]}x{track.size[1]} frame; paste-back "
+                                          "needs the faces of the square crop (the aligned or edited faces)")
+        tracks = list(given)
+    out = np.repeat(original, n, axis=0) if len(original) == 1 else original.copy()
+    with rt.progress(k * n, "paste back") as bar:
+        for j, info in enumerate(infos):
+            _paste_into(out, frames[j * n:(j + 1) * n], info, tracks[j], expand, feather, rt, bar)
+    return out
+
+
+def _paste_into(out: np.ndarray, frames: np.ndarray, info: CropInfo, faces: FaceTrack | None, expand: float,
+                feather: float, rt, bar) -> None:
+    # One face's frames [N, S, S, 3] blended into ``out`` [N, H, W, 3] in place.
+    import cv2
+
+    fw = frames.shape[2]
     rows, cols, brows, bcols = info.inside()
     side = info.box[2]
-    if len(original) == 1:
-        out = np.repeat(original, n, axis=0)
-    else:
-        out = original.copy()
     alpha_box = None
-    with rt.progress(n, "paste back") as bar:
-        for i in range(n):
-            rt.check_interrupt()
-            if alpha_box is None or (faces is not None and len(faces) > 1):
-                points = None if faces is None else faces.points[min(i, len(faces) - 1)]
-                alpha = paste_mask(points, fw, expand, feather)
-                if fw != side:
-                    alpha = cv2.resize(alpha, (side, side), interpolation=_interp(side < fw))
-                alpha_box = np.clip(alpha[brows, bcols], 0.0, 1.0)[..., None]
-            content = frames[i]
+    for i in range(len(frames)):
+        rt.check_interrupt()
+        if alpha_box is None or (faces is not None and len(faces) > 1):
+            points = None if faces is None else faces.points[min(i, len(faces) - 1)]
+            alpha = paste_mask(points, fw, expand, feather)
             if fw != side:
-                content = cv2.resize(content, (side, side), interpolation=cv2.INTER_LANCZOS4)
-            target = out[i, rows, cols]
-            target += alpha_box * (content[brows, bcols] - target)
-            np.clip(target, 0.0, 1.0, out=target)  # only the pasted region changes
-            bar.update()
-    return out
+                alpha = cv2.resize(alpha, (side, side), interpolation=_interp(side < fw))
+            alpha_box = np.clip(alpha[brows, bcols], 0.0, 1.0)[..., None]
+        content = frames[i]
+        if fw != side:
+            content = cv2.resize(content, (side, side), interpolation=cv2.INTER_LANCZOS4)
+        target = out[i, rows, cols]
+        target += alpha_box * (content[brows, bcols] - target)
+        np.clip(target, 0.0, 1.0, out=target)  # only the pasted region changes
+        bar.update()

@@ -38,9 +38,9 @@ import numpy as np
 
 from . import geometry
 from .constants import CONTROLS, INTERPOLATIONS, Control
-from .align import iris_relative, project_onto
+from .projection import iris_relative, project_onto
 from .errors import InvalidRequestError, NoFaceDetectedError
-from .landmarks import NUM_POINTS, FaceTrack, fill_invalid, topology
+from .landmarks import NUM_POINTS, FaceTrack, close_loop, fill_invalid, topology
 from .runtime import resolve
 
 if TYPE_CHECKING:
@@ -152,8 +152,12 @@ def _ease(t: np.ndarray, interpolation: str) -> np.ndarray:
 
 
 def control_curves(keys: Sequence[Keyframe], frames: int, interpolation: str = "linear",
-                   constants: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
-    """Per-frame values [frames] of every control: keys interpolated, constants added, clipped to range."""
+                   constants: Mapping[str, float] | None = None, loop: bool = False) -> dict[str, np.ndarray]:
+    """Per-frame values [frames] of every control: keys interpolated, constants added, clipped to range.
+
+    With ``loop`` the curves are periodic: after its last key a control moves back to its first key's
+    value, reached at frame ``frames`` (the first frame again), so the animation repeats without a jump.
+    """
     if interpolation not in INTERPOLATIONS:
         raise InvalidRequestError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     if frames < 1:
@@ -164,8 +168,10 @@ def control_curves(keys: Sequence[Keyframe], frames: int, interpolation: str = "
         raise InvalidRequestError(f"unknown control(s) {unknown}; controls: {', '.join(CONTROLS)}")
     beyond = [k.frame for k in keys if k.frame >= frames]
     if beyond:
-        log.warning("keys at frames %s lie past the last frame %d; they only shape the curves before it",
-                    beyond, frames - 1)
+        log.warning("keys at frames %s lie past the last frame %d; %s", beyond, frames - 1,
+                    "a loop ignores them" if loop else "they only shape the curves before it")
+        if loop:
+            keys = [k for k in keys if k.frame < frames]
     f = np.arange(frames, dtype=np.float64)
     curves = {}
     for name, control in CONTROLS.items():
@@ -174,6 +180,9 @@ def control_curves(keys: Sequence[Keyframe], frames: int, interpolation: str = "
         if points:
             xs = np.array([p[0] for p in points], dtype=np.float64)
             ys = np.array([p[1] for p in points], dtype=np.float64)
+            if loop:  # one period before and after: the last key leads into the first one again
+                xs = np.concatenate([[xs[-1] - frames], xs, [xs[0] + frames]])
+                ys = np.concatenate([[ys[-1]], ys, [ys[0]]])
             i = np.clip(np.searchsorted(xs, f, side="right") - 1, 0, len(xs) - 1)
             j = np.minimum(i + 1, len(xs) - 1)
             span = np.where(j > i, xs[j] - xs[i], 1.0)
@@ -343,6 +352,63 @@ def head_rotation(yaw: np.ndarray, pitch: np.ndarray, roll: np.ndarray) -> np.nd
     return ry @ rx @ rz
 
 
+def field_deltas(canonical: np.ndarray, controls: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Canonical displacements [N, 478, 3] of one face [478, 3] for control values ({name: [N]}, missing = 0)."""
+    lengths = {len(np.atleast_1d(v)) for v in controls.values()} or {1}
+    n = max(lengths)
+    c = {name: np.broadcast_to(np.asarray(controls.get(name, 0.0), dtype=np.float64), (n,)) for name in CONTROLS}
+    weights = {"blink_right": c["blink"] + c["blink_right"], "blink_left": c["blink"] + c["blink_left"],
+               "smile": c["smile"], "mouth_open": c["mouth_open"], "brow_raise": c["brow_raise"]}
+    out = np.zeros((n, NUM_POINTS, 3))
+    for name, field in expression_fields(canonical).items():
+        w = np.clip(weights[name], -0.5, 1.0) if name.startswith("blink") else weights[name]
+        out += w[:, None, None] * field[None]
+    return out
+
+
+# Blendshape scores -> control values, for a driving photo (an expression without a neutral frame to
+# compare with). (offset, gain): the score of open, relaxed eyes / a closed mouth, and the score span
+# of the control's full value, measured on the shared driving video (eyeBlink 0.03 open, 0.65 shut)
+# and on LFW faces (the lip gap is about 0.55 x jawOpen eye-corner distances; mouth_open = 1 drops
+# the lower lip by MOUTH_DROP).
+BLINK_SCORES = (0.05, 0.6)
+JAW_SCORES = (0.02, 0.55 / MOUTH_DROP)
+SMILE_GAIN = 1.0
+BROW_SCORES = (0.12, 0.5)
+GAZE_GAIN = 1.5
+
+
+def controls_from_blendshapes(blendshapes: np.ndarray) -> dict[str, np.ndarray]:
+    """Editor control values {name: [N]} that re-create the expressions of blendshape scores [N, 52].
+
+    What a neutral face scores is subtracted, so a relaxed face gives zeros (an estimate: MediaPipe's
+    scores of a neutral face vary a little from person to person).
+    """
+    b = np.atleast_2d(np.asarray(blendshapes, dtype=np.float64))
+
+    def score(*names: str) -> np.ndarray:
+        return np.mean([b[:, _BS[name]] for name in names], axis=0)
+
+    def ramp(value: np.ndarray, offset_span: tuple[float, float]) -> np.ndarray:
+        offset, span = offset_span
+        return (value - offset) / span
+
+    out = {name: np.zeros(len(b)) for name in CONTROLS}
+    for eye, name in (("Left", "blink_left"), ("Right", "blink_right")):
+        out[name] = np.clip(ramp(score(f"eyeBlink{eye}"), BLINK_SCORES), 0.0, 1.0) - 0.5 * score(f"eyeWide{eye}")
+    out["smile"] = np.clip(SMILE_GAIN * (score("mouthSmileLeft", "mouthSmileRight")
+                                         - score("mouthFrownLeft", "mouthFrownRight")), -1.0, 1.0)
+    out["mouth_open"] = np.clip(score("jawOpen") - JAW_SCORES[0], 0.0, None) * JAW_SCORES[1]
+    raised = 0.5 * (score("browInnerUp") + score("browOuterUpLeft", "browOuterUpRight"))
+    out["brow_raise"] = ramp(raised, BROW_SCORES) - score("browDownLeft", "browDownRight") / BROW_SCORES[1]
+    # Gaze to the image's right: the subject's left eye looks out, the right eye looks in.
+    out["pupil_x"] = GAZE_GAIN * (score("eyeLookOutLeft", "eyeLookInRight")
+                                  - score("eyeLookInLeft", "eyeLookOutRight"))
+    out["pupil_y"] = GAZE_GAIN * (score("eyeLookUpLeft", "eyeLookUpRight")
+                                  - score("eyeLookDownLeft", "eyeLookDownRight"))
+    return {name: np.clip(v, CONTROLS[name].lo, CONTROLS[name].hi) for name, v in out.items()}
+
+
 # -- the edit --------------------------------------------------------------------------------
 
 def _raise(blend: np.ndarray, names: Sequence[str], amount: np.ndarray) -> None:
@@ -384,8 +450,9 @@ def _edit_blendshapes(blend: np.ndarray, c: Mapping[str, np.ndarray]) -> np.ndar
     return b
 
 
-def _move_iris(relative: list[np.ndarray], pupil_x: np.ndarray, pupil_y: np.ndarray) -> list[np.ndarray]:
-    # Shift each iris (centre and rim together) inside its eye box, the centre kept within limits.
+def move_iris(relative: list[np.ndarray], pupil_x: np.ndarray, pupil_y: np.ndarray) -> list[np.ndarray]:
+    """Iris places ([right, left], each [N, 5, 2] in eye-box fractions) shifted by gaze controls [N]."""
+    # Each iris (centre and rim together) moves inside its eye box, the centre kept within limits.
     out = []
     for rel in relative:                                   # [N, 5, 2] per eye
         centre = rel[:, 0, :]
@@ -421,13 +488,8 @@ def edit_track(track: FaceTrack, curves: Mapping[str, np.ndarray], *,
     with rt.progress(len(base), "expression fields") as bar:
         for i in range(len(base)):
             rt.check_interrupt()
-            fields = expression_fields(base.canonical[i])
             frames = slice(None) if len(base) == 1 else slice(i, i + 1)
-            weights = {"blink_right": c["blink"] + c["blink_right"], "blink_left": c["blink"] + c["blink_left"],
-                       "smile": c["smile"], "mouth_open": c["mouth_open"], "brow_raise": c["brow_raise"]}
-            for name, field in fields.items():
-                w = np.clip(weights[name], -0.5, 1.0) if name.startswith("blink") else weights[name]
-                canonical[frames] += w[frames, None, None] * field[None]
+            canonical[frames] += field_deltas(base.canonical[i], {k: v[frames] for k, v in c.items()})
             bar.update()
 
     pose = np.broadcast_to(base.pose.astype(np.float64), (n, 4, 4)).copy()
@@ -435,7 +497,7 @@ def edit_track(track: FaceTrack, curves: Mapping[str, np.ndarray], *,
     pose[:, :3, :3] = pose[:, :3, :3] @ rotation  # turn the head about its own canonical origin
 
     source = np.broadcast_to(base.points.astype(np.float64), (n, NUM_POINTS, 3))
-    iris = _move_iris(iris_relative(source), c["pupil_x"], c["pupil_y"])
+    iris = move_iris(iris_relative(source), c["pupil_x"], c["pupil_y"])
     points = project_onto(base, canonical, pose, iris)
     blend = _edit_blendshapes(np.broadcast_to(base.blendshapes, (n, base.blendshapes.shape[1])), c)
     valid = np.broadcast_to(track.valid, (n,)).copy()
@@ -444,12 +506,15 @@ def edit_track(track: FaceTrack, curves: Mapping[str, np.ndarray], *,
 
 
 def animate_face(faces: FaceTrack, keys: str | Sequence[Keyframe] = "", *, frames: int = 48, fps: float = 25.0,
-                 interpolation: str = "linear", constants: Mapping[str, float] | None = None,
+                 interpolation: str = "linear", constants: Mapping[str, float] | None = None, loop: bool = False,
                  runtime: StandaloneRuntime | None = None) -> FaceTrack:
     """Keyed expression edits of a face track (keyframe text or Keyframes, plus constant values).
 
     A one-frame track (a still) becomes ``frames`` frames at ``fps``; a longer track is edited frame
     by frame and keeps its length and frame rate (``frames`` is ignored, ``fps`` used if it has none).
+    ``loop`` closes the animation on its first frame: the curves wrap around (see
+    :func:`control_curves`) and a longer track's last frames are blended into its first
+    (:func:`~emoji_model.landmarks.close_loop`).
     """
     if len(faces) == 0:
         raise InvalidRequestError("the face track to edit has no frame")
@@ -460,6 +525,8 @@ def animate_face(faces: FaceTrack, keys: str | Sequence[Keyframe] = "", *, frame
     rate = float(fps) if still or faces.fps <= 0 else faces.fps
     if isinstance(keys, str):
         keys = parse_keyframes(keys, rate)
-    curves = control_curves(keys, n, interpolation, constants)
+    curves = control_curves(keys, n, interpolation, constants, loop=loop)
+    if loop and not still:
+        faces = close_loop(fill_invalid(faces))
     edited = edit_track(faces, curves, runtime=runtime)
     return replace(edited, fps=rate)

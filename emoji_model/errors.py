@@ -13,14 +13,28 @@ class InvalidRequestError(FYEError, ValueError):
     """A request that cannot be carried out as asked (zero frames, bad sizes, bad options)."""
 
 
-class NoFaceDetectedError(FYEError):
-    """No face was found where one is required (the reference, or every driving frame)."""
+FACE_BOX_HINT = ("For a face MediaPipe cannot find (an animal, a cartoon, a statue), give its box: "
+                 "--face-box X,Y,W,H on the command line, or a face_box / face_mask input on the node; a "
+                 "frontal face is then fitted into it.")
+HINTS = {
+    "portrait": "Use a portrait whose face is visible, roughly frontal and not tiny in the frame (crop the face "
+                "first with FYE_CropFace for large images). " + FACE_BOX_HINT,
+    "driving video": "Use a driving video in which the face is visible, roughly frontal and not tiny in the frame "
+                     "in at least one frame (frames without a face are filled from their neighbours).",
+}
 
-    def __init__(self, what: str, hint: str | None = None):
+
+class NoFaceDetectedError(FYEError):
+    """No face was found where one is required (the reference, or every driving frame).
+
+    ``subject`` ("portrait" or "driving video") picks the advice; ``hint`` replaces it.
+    """
+
+    def __init__(self, what: str, hint: str | None = None, subject: str = "portrait"):
         self.what = what
+        self.subject = subject
         msg = f"No face detected in {what}."
-        msg += " " + (hint or "Use a portrait whose face is visible, roughly frontal and not tiny in the frame "
-                      "(crop the face first with FYE_CropFace for large images).")
+        msg += " " + (hint or HINTS.get(subject, HINTS["portrait"]))
         super().__init__(msg)
 
 

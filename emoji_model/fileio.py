@@ -28,3 +28,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def numbered_path(root: str | os.PathLike, prefix: str, suffix: str) -> Path:
+    """The first free ``root/prefix_NNNNN{suffix}`` (numbers from 00001); ``prefix`` may hold subfolders.
+
+    A prefix that would leave ``root`` (an absolute path, "..") is refused.
+    """
+    from .errors import InvalidRequestError
+
+    root = Path(root).resolve()
+    prefix = (prefix or "faces").strip().replace("\\", "/")
+    target = (root / prefix).resolve()
+    if root != target and root not in target.parents:
+        raise InvalidRequestError(f"filename prefix '{prefix}' leaves the output folder; use a relative name")
+    folder, stem = target.parent, target.name
+    taken = {p.name for p in folder.glob(f"{stem}_*{suffix}")} if folder.is_dir() else set()
+    n = 1
+    while f"{stem}_{n:05d}{suffix}" in taken:
+        n += 1
+    return folder / f"{stem}_{n:05d}{suffix}"

@@ -196,11 +196,11 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
         noise = initial_noise((1, 4, num, h, w), settings.seed, device, torch.float32, share=settings.noise_share)
         denoiser = make_denoiser(model, cond, settings.cfg, settings.temporal, dtype=dtype,
                                  on_block=block_checks(rt))
-        total = count_windows(num, settings.window, settings.overlap, settings.steps)
+        total = count_windows(num, settings.window, settings.overlap, settings.steps, settings.loop)
         with rt.progress(total, "sampling") as bar:
             out = sample_windows(denoiser, noise * scheduler.init_noise_sigma, scheduler,
                                  window=settings.window, overlap=settings.overlap, fusion=settings.fusion,
-                                 eta=settings.eta, seed=settings.seed, runtime=rt, bar=bar)
+                                 eta=settings.eta, seed=settings.seed, loop=settings.loop, runtime=rt, bar=bar)
     return out[0].permute(1, 0, 2, 3).contiguous()  # "1 c f h w -> f c h w"
 
 
@@ -235,10 +235,10 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
         raise InvalidRequestError("this checkpoint has no covered-latent input channels; use known_mode 'replace'")
     keys = keyframe_indices(num, stride)
     gaps = [(a, b) for a, b in zip(keys, keys[1:]) if b - a > 1]
-    total = count_windows(len(keys), settings.window, settings.overlap, settings.steps)
+    total = count_windows(len(keys), settings.window, settings.overlap, settings.steps, settings.loop)
     total += settings.steps * len(gaps)
 
-    def run(frames: list[int], known=None, covered=None, mask=None, bar=None):
+    def run(frames: list[int], known=None, covered=None, mask=None, bar=None, loop=False):
         feats = landmark_features(model, control[frames], device, dtype)
         init = initial_noise((1, 4, len(frames), h, w), settings.seed, device, torch.float32, frames,
                              share=settings.noise_share)
@@ -250,12 +250,13 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
         return sample_windows(den, init * sched.init_noise_sigma, sched, window=settings.window,
                               overlap=settings.overlap, fusion=settings.fusion, known=known,
                               replace_known=known_mode == "replace", noise=init, eta=settings.eta,
-                              seed=settings.seed, runtime=rt, bar=bar)
+                              seed=settings.seed, loop=loop, runtime=rt, bar=bar)
 
     latents = torch.empty((1, 4, num, h, w), device=device)  # float32: the only per-frame state
     with torch.no_grad(), rt.progress(total, "progressive sampling") as bar:
-        # Stage 1: keyframes spread over the whole track, as one clip.
-        latents[:, :, keys] = run(keys, bar=bar)
+        # Stage 1: keyframes spread over the whole track, as one clip (a circle when looping: the last
+        # keyframe is denoised with the first, the gaps then lie between them as usual).
+        latents[:, :, keys] = run(keys, bar=bar, loop=settings.loop)
         # Stage 2: fill each gap with its two keyframes known.
         for a, b in gaps:
             known = {0: latents[0, :, a], b - a: latents[0, :, b]}

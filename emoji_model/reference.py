@@ -34,6 +34,34 @@ ClipEncode = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
+class ReferenceGroup:
+    """The encodings of several portraits, one per face (the crops of Crop Face with every face)."""
+
+    references: list[ReferenceEncoding]
+
+    def __post_init__(self) -> None:
+        self.references = list(self.references)
+        if not self.references:
+            raise InvalidRequestError("a reference group needs at least one encoded portrait")
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ReferenceGroup:
+        """A copy on ``device`` / in ``dtype``."""
+        return ReferenceGroup([r.to(device, dtype) for r in self.references])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) the portraits were encoded at."""
+        return self.references[0].size
+
+
+def references_of(value: ReferenceEncoding | ReferenceGroup) -> list[ReferenceEncoding]:
+    """The encodings of a FYE_REFERENCE value, one per face."""
+    if isinstance(value, ReferenceGroup):
+        return list(value.references)
+    return [value]
+
+
+@dataclass
 class ReferenceEncoding:
     """What the sampler reuses at every step and context window.
 

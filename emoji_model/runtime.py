@@ -259,9 +259,18 @@ class StandaloneRuntime:
     def preview(self, latents: torch.Tensor) -> None:
         """Show the sampler's current estimate (scaled SD latents [1,4,F,h,w]) where the host can; standalone, nowhere."""
 
-    def notify(self, message: str) -> None:
-        """Tell the user something they must see (a fallback taken); standalone, the log."""
-        log.warning("%s", message)
+    def notify(self, text: str) -> None:
+        """Tell the user something they should see (the host shows it on the running node); logged as a warning."""
+        log.warning("%s", text)
+
+    # -- user files ----------------------------------------------------------------------
+    def output_dir(self) -> Path:
+        """Where saved results go: ``FYE_OUTPUT_DIR``, else ./output."""
+        return Path(os.environ.get("FYE_OUTPUT_DIR", "output")).resolve()
+
+    def input_dir(self) -> Path:
+        """Where the user's inputs are listed from: ``FYE_INPUT_DIR``, else ./input."""
+        return Path(os.environ.get("FYE_INPUT_DIR", "input")).resolve()
 
     # -- model files ---------------------------------------------------------------------
     def model_folders(self, kind: str) -> list[Path]:

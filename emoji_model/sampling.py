@@ -85,6 +85,7 @@ class SamplerSettings:
     # each frame's own; variances add to one, so every frame's noise stays standard normal. Shared noise
     # leaves the landmarks as the main cause of change between frames: less flicker.
     noise_share: float = 0.0
+    loop: bool = False  # context windows wrap around the end of the track (a seamless loop)
     extra: dict = field(default_factory=dict)
 
     def validate(self, max_window: int) -> None:
@@ -111,18 +112,30 @@ class SamplerSettings:
 
 # -- context windows ------------------------------------------------------------------------
 
-def context_windows(num_frames: int, window: int, overlap: int, step: int = 0) -> list[list[int]]:
+def context_windows(num_frames: int, window: int, overlap: int, step: int = 0,
+                    loop: bool = False) -> list[list[int]]:
     """Uniform overlapping windows covering ``range(num_frames)``, shifted from step to step.
 
     Window starts are ``offset + k * stride`` (stride = window - overlap) clamped to the track, with
     the first window at 0 and the last ending at the last frame. The offset follows the golden-ratio
     sequence over the steps, so that window seams land on different frames at every denoising step
-    and spread evenly over the stride.
+    and spread evenly over the stride. With ``loop`` the track is a circle: windows run on past the
+    last frame into the first ones (a track no longer than the window is one window, rotated), so the
+    end is denoised together with the start.
     """
+    golden = (step * 0.6180339887498949) % 1.0
+    if loop:
+        if num_frames <= window:
+            start = int(num_frames * golden)
+            return [[(start + j) % num_frames for j in range(num_frames)]]
+        stride = window - overlap
+        count = -(-num_frames // stride)                                   # ceil: the circle is covered
+        offset = int(stride * golden)
+        return [[(offset + k * stride + j) % num_frames for j in range(window)] for k in range(count)]
     if num_frames <= window:
         return [list(range(num_frames))]
     stride = window - overlap
-    offset = int(stride * ((step * 0.6180339887498949) % 1.0))
+    offset = int(stride * golden)
     last = num_frames - window
     starts = {0, last}
     starts.update(min(s, last) for s in range(offset, last, stride))
@@ -251,12 +264,15 @@ def fused(denoiser: Denoiser, windows: Sequence[Sequence[int]], fusion: str = "p
     import torch
 
     def denoise(x, t, frames):
-        if len(windows) == 1:
+        if len(windows) == 1 and list(windows[0]) == list(range(x.shape[2])):
             return denoiser(x, t, [frames[i] for i in windows[0]])
         out = torch.zeros_like(x, dtype=torch.float32)
         total = torch.zeros(x.shape[2], dtype=torch.float32, device=x.device)
         for window in windows:
-            span = slice(window[0], window[-1] + 1)  # windows are contiguous
+            if list(window) == list(range(window[0], window[0] + len(window))):
+                span = slice(window[0], window[-1] + 1)
+            else:  # a window that wraps around the end of a looping track
+                span = torch.as_tensor(window, device=x.device)
             pred = denoiser(x[:, :, span], t, [frames[i] for i in window]).float()
             w = fusion_weights(len(window), fusion).to(x.device)
             out[:, :, span] += pred * w[None, None, :, None, None]
@@ -324,7 +340,7 @@ def scheduler_step(scheduler, eta: float = 0.0, seed: int = 0) -> Callable[[torc
 def sample_windows(denoiser: Denoiser, latents: torch.Tensor, scheduler, *, window: int, overlap: int,
                    fusion: str = "pyramid", known: dict[int, torch.Tensor] | None = None,
                    replace_known: bool = True, noise: torch.Tensor | None = None, eta: float = 0.0,
-                   seed: int = 0, runtime: StandaloneRuntime | None = None,
+                   seed: int = 0, loop: bool = False, runtime: StandaloneRuntime | None = None,
                    bar: ProgressBar | None = None) -> torch.Tensor:
     """Denoise float32 ``latents`` [1,4,F,h,w] over the scheduler's timesteps with fused context windows.
 
@@ -342,14 +358,14 @@ def sample_windows(denoiser: Denoiser, latents: torch.Tensor, scheduler, *, wind
     for i, t in enumerate(scheduler.timesteps):
         if replace_known:
             latents = frames.noised(latents, scheduler, t)
-        den = fused(evaluate, context_windows(len(positions), window, overlap, i), fusion)
+        den = fused(evaluate, context_windows(len(positions), window, overlap, i, loop), fusion)
         latents = step(den(scheduler.scale_model_input(latents, t), t, positions), t, latents)
     return frames.restore(latents)
 
 
-def count_windows(num_frames: int, window: int, overlap: int, steps: int) -> int:
+def count_windows(num_frames: int, window: int, overlap: int, steps: int, loop: bool = False) -> int:
     """Model evaluations a windowed run makes (for progress bars)."""
-    return sum(len(context_windows(num_frames, window, overlap, s)) for s in range(steps))
+    return sum(len(context_windows(num_frames, window, overlap, s, loop)) for s in range(steps))
 
 
 def keyframe_indices(num_frames: int, stride: int) -> list[int]:

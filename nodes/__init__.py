@@ -23,7 +23,7 @@ def _load_all() -> None:
         _register(import_module(f"{__name__}.{name}"))
 
 
-FEATURE_MODULES: list[str] = ["landmark_nodes", "model_nodes", "sampler_nodes", "edit_nodes"]
+FEATURE_MODULES: list[str] = ["landmark_nodes", "model_nodes", "sampler_nodes", "edit_nodes", "track_nodes"]
 
 register_model_folders()
 _load_all()

@@ -9,10 +9,17 @@ from .host import get_runtime, make_video, video_audio
 from .landmark_nodes import (
     CONTOUR_TIP,
     DEFAULT_FACE_MODEL,
+    FACE_BOX_TIP,
+    FACE_INDEX_TIP,
+    FACE_MASK_TIP,
     OUTER_LIPS_TIP,
     _face_model,
     _face_model_choices,
     _to_image,
+    face_box_of,
+    face_notes,
+    render_faces,
+    with_notes,
 )
 
 DEFAULT_KEYS = """# FRAME: control=value ... (FRAME may be seconds: 1.5s)
@@ -41,7 +48,9 @@ class CropFace:
     DESCRIPTION = ("Cuts a square around the face at the model's size, for portraits where the face is small or "
                    "off-centre (large photos, group shots). Finds small faces in large images by itself, or "
                    "uses the faces you connect. A video batch gets one box for all frames, so the crop does not "
-                   "jitter. Keep the crop output for FYE_PasteBack.")
+                   "jitter. face_index -1 crops every face (the crops one face after the other, for Encode "
+                   "Reference with 'each image'); face_box or face_mask places a face MediaPipe misses. Keep "
+                   "the crop output for FYE_PasteBack.")
     RETURN_TYPES = ("IMAGE", "FYE_FACES", "FYE_CROP")
     RETURN_NAMES = ("image", "faces", "crop")
     OUTPUT_TOOLTIPS = ("the face crop at size x size",
@@ -68,17 +77,19 @@ class CropFace:
             "optional": {
                 "faces": ("FYE_FACES", {"tooltip": "the faces of this image (from FYE_LandmarkExtractor); "
                                                    "without them the face is searched for"}),
-                "face_index": ("INT", {"default": 0, "min": 0, "max": 16,
-                                       "tooltip": "which face when searching, by size: 0 = largest"}),
+                "face_index": ("INT", {"default": 0, "min": -1, "max": 16,
+                                       "tooltip": FACE_INDEX_TIP + " (when searching)"}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.5,
                                   "tooltip": "frame rate of a video batch (landmark tracking in the crop)"}),
                 "face_model": (_face_model_choices(), {"default": DEFAULT_FACE_MODEL,
                                                        "tooltip": "MediaPipe face landmarker bundle"}),
+                "face_box": ("STRING", {"default": "", "tooltip": FACE_BOX_TIP}),
+                "face_mask": ("MASK", {"tooltip": FACE_MASK_TIP}),
             },
         }
 
     def crop(self, image, size, margin, pad_mode, batch_box, faces=None, face_index=0, fps=25.0,
-             face_model=DEFAULT_FACE_MODEL):
+             face_model=DEFAULT_FACE_MODEL, face_box="", face_mask=None):
         """Find the face box and cut the crop; the faces come back in crop coordinates."""
         import torch
 
@@ -88,8 +99,10 @@ class CropFace:
         with rt.stages(1, 1, desc="crop face"):  # the face search, then the crop's landmarks
             crops, info, track = crop_face(_to_float(image), faces, margin=margin, size=size, batch_box=batch_box,
                                            pad_mode=pad_mode, face_index=face_index, fps=fps,
+                                           face_box=face_box_of(face_box, face_mask),
                                            face_model=_face_model(face_model), runtime=rt)
-        return (torch.from_numpy(crops), track, info)
+        what = "the driving video" if len(image) > 1 else "the portrait"
+        return with_notes((torch.from_numpy(crops), track, info), face_notes(track, what) if faces is None else [])
 
 
 class PasteBack:
@@ -99,7 +112,8 @@ class PasteBack:
     DESCRIPTION = ("Puts animated face crops back into the full image (or video) they were cut from, blended "
                    "through a feathered mask around the face (the face contour of the connected faces, grown "
                    "and softened; a soft-edged square without faces). Pixels outside the mask stay exactly "
-                   "as they were.")
+                   "as they were. With the crops of every face (Crop Face, face_index -1) every face is pasted "
+                   "in one pass.")
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)
     OUTPUT_TOOLTIPS = ("the full-size frames, one per animated frame",)
@@ -144,7 +158,8 @@ class ExpressionEditor:
                    "turns, keyed over time. From a still's faces it makes 'frames' frames; a video's faces are "
                    "edited frame by frame. Keys: one per line (or separated by ';'), 'FRAME: control=value ...', "
                    "FRAME a frame number or seconds like 1.5s; values are interpolated between keys and held "
-                   "before the first and after the last. The sliders add a constant on top.")
+                   "before the first and after the last. The sliders add a constant on top. loop closes the "
+                   "animation on its first frame. Several faces are edited alike.")
     RETURN_TYPES = ("FYE_FACES", "IMAGE")
     RETURN_NAMES = ("faces", "controls")
     OUTPUT_TOOLTIPS = ("the edited face track, like the aligned faces of FYE_MotionAligner",
@@ -173,21 +188,24 @@ class ExpressionEditor:
             "optional": {
                 "include_contour": ("BOOLEAN", {"default": False, "tooltip": CONTOUR_TIP}),
                 "outer_lips": ("BOOLEAN", {"default": False, "tooltip": OUTER_LIPS_TIP}),
+                "loop": ("BOOLEAN", {"default": False,
+                                     "tooltip": "close the animation on its first frame: after the last key every "
+                                                "control returns to its first key's value, for a seamless loop"}),
             },
         }
 
     def edit(self, faces, frames, fps, keyframes, interpolation, include_contour=False, outer_lips=False,
-             **sliders):
-        """Parse the keys, edit the faces, render their controls."""
+             loop=False, **sliders):
+        """Parse the keys, edit every face, render their controls."""
         from emoji_model.editor import animate_face
-        from emoji_model.landmarks import render_controls
+        from emoji_model.landmarks import faces_of, from_faces
 
         rt = get_runtime()
         constants = {name: float(sliders.get(name, 0.0)) for name in SLIDERS}
         with rt.stages(1, 1, desc="expression editor"):
-            edited = animate_face(faces, keyframes, frames=frames, fps=fps, interpolation=interpolation,
-                                  constants=constants, runtime=rt)
-            controls = render_controls(edited, include_contour=include_contour, outer_lips=outer_lips, runtime=rt)
+            edited = from_faces([animate_face(face, keyframes, frames=frames, fps=fps, interpolation=interpolation,
+                                              constants=constants, loop=loop, runtime=rt) for face in faces_of(faces)])
+            controls = render_faces(edited, include_contour=include_contour, outer_lips=outer_lips, runtime=rt)
         return (edited, _to_image(controls))
 
 

@@ -163,6 +163,26 @@ class ComfyRuntime(StandaloneRuntime):
         """Raise ComfyUI's InterruptProcessingException when the user pressed Cancel."""
         self._mm.throw_exception_if_processing_interrupted()
 
+    def notify(self, text: str) -> None:
+        """Logged, and shown on the running node in ComfyUI's UI (the host's progress text)."""
+        super().notify(text)
+        try:
+            from comfy_execution.utils import get_executing_context
+            from server import PromptServer
+        except ImportError:
+            return
+        context = get_executing_context()
+        if context is not None and getattr(PromptServer, "instance", None) is not None:
+            PromptServer.instance.send_progress_text(text, context.node_id)
+
+    def output_dir(self) -> Path:
+        """ComfyUI's output folder."""
+        return Path(self._fp.get_output_directory())
+
+    def input_dir(self) -> Path:
+        """ComfyUI's input folder."""
+        return Path(self._fp.get_input_directory())
+
     def model_folders(self, kind: str) -> list[Path]:
         """ComfyUI's folders for ``kind`` (including extra_model_paths.yaml entries)."""
         folder = MODEL_KINDS[kind].folder

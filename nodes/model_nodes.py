@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emoji_model.constants import LATENT_SCALE, RELEASED_FILES
+from emoji_model.constants import LATENT_SCALE, REFERENCE_IMAGES, RELEASED_FILES
 
 from .categories import SAMPLING
 from .host import get_runtime
@@ -163,6 +163,11 @@ class ReferenceEncoder:
                     "default": False,
                     "tooltip": "move the appearance net to the offload device once the reference is encoded "
                                "(the samplers do not use it): frees its memory on the GPU for sampling"}),
+                "images": (list(REFERENCE_IMAGES), {
+                    "default": "first",
+                    "tooltip": "first: the first image of the batch is the portrait; each: every image is "
+                               "encoded (the crops of several faces from Crop Face with face_index -1), one "
+                               "reference per face for the samplers"}),
             },
         }
 
@@ -177,9 +182,10 @@ class ReferenceEncoder:
         return True
 
     def encode(self, fye_model, image, vae, width, height, clip_vision=None, image_encoder=NONE,
-               offload_appearance=False):
+               offload_appearance=False, images="first"):
         from emoji_model.errors import InvalidRequestError
         from emoji_model.reference import (
+            ReferenceGroup,
             clip_encoder_from_transformers,
             encode_reference,
             fit_to_size,
@@ -201,14 +207,19 @@ class ReferenceEncoder:
         # The host's VAE and CLIP run first: loading them may evict other models, and ours must be
         # on the device, whole, when its own networks run.
         device = runtime.torch_device()
-        pixels = fit_to_size(image_to_pixels(image[:1]), (height, width)).to(device)
-        latent, tokens = host_vae_encoder(vae)(pixels * 2 - 1), clip_encode(pixels)
+        portraits = image[:1] if images == "first" else image
+        encoded = []
+        for i in range(len(portraits)):
+            pixels = fit_to_size(image_to_pixels(portraits[i:i + 1]), (height, width)).to(device)
+            encoded.append((host_vae_encoder(vae)(pixels * 2 - 1), clip_encode(pixels)))
         model = fye_model.module(runtime)
-        ref = encode_reference(model, image[:1], lambda _: latent, lambda _: tokens, size=(height, width),
-                               device=device, dtype=fye_model.dtype)
+        refs = [encode_reference(model, portraits[i:i + 1], lambda _, lat=lat: lat, lambda _, tok=tok: tok,
+                                 size=(height, width), device=device, dtype=fye_model.dtype)
+                for i, (lat, tok) in enumerate(encoded)]
         if offload_appearance:
             model.appearance.to(runtime.offload_device())  # back on the device with the next full load
-        return (ref.to(runtime.offload_device()),)
+        refs = [r.to(runtime.offload_device()) for r in refs]
+        return (refs[0] if len(refs) == 1 else ReferenceGroup(refs),)
 
 
 def check_reference_size(image, width: int, height: int) -> None:

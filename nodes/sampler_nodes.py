@@ -41,6 +41,25 @@ def _sampler_inputs() -> dict:
     }
 
 
+LOOP_TIP = ("the temporal windows wrap around the end of the track, so the last frames are denoised with the "
+            "first ones: a seamless loop (use a looped track: Motion Aligner or Expression Editor with loop)")
+
+
+def pair_faces(reference, faces) -> list[tuple]:
+    """(reference encoding, aligned track) per face: K encodings with K tracks, or one of each."""
+    from emoji_model.errors import InvalidRequestError
+    from emoji_model.landmarks import faces_of
+    from emoji_model.reference import references_of
+
+    refs, tracks = references_of(reference), faces_of(faces)
+    if len(refs) != len(tracks):
+        raise InvalidRequestError(
+            f"{len(tracks)} aligned face(s) but {len(refs)} encoded reference(s): each face is animated from its "
+            "own crop — set images to 'each' on Encode Reference Portrait and connect the crops of Crop Face "
+            "(face_index -1) to it, with the faces aligned from that Crop Face's faces")
+    return list(zip(refs, tracks))
+
+
 OOM_CHOICES = ["retry with smaller windows", "stop"]
 
 
@@ -50,7 +69,8 @@ def _optional_inputs() -> dict:
             "on_out_of_memory": (OOM_CHOICES, {
                 "default": OOM_CHOICES[0],
                 "tooltip": "retry: halve the window until it fits, say so on this node, and run again next time "
-                           "instead of reusing that result; stop: fail with what to change"})}
+                           "instead of reusing that result; stop: fail with what to change"}),
+            "loop": ("BOOLEAN", {"default": False, "tooltip": LOOP_TIP})}
 
 
 HIDDEN = {"unique_id": "UNIQUE_ID"}
@@ -102,7 +122,9 @@ class _Sampler:
         return float("nan") if unique_id in _DEGRADED else False
 
     def _run(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae,
-             generate, on_out_of_memory=OOM_CHOICES[0], unique_id=None):
+             generate, on_out_of_memory=OOM_CHOICES[0], unique_id=None, loop=False):
+        import torch
+
         from emoji_model.pipeline import (
             LazyControls,
             activation_memory,
@@ -112,23 +134,28 @@ class _Sampler:
         from emoji_model.sampling import SamplerSettings
 
         runtime = get_runtime()
-        check_track_matches_reference(faces, reference)  # before anything is loaded or sampled
+        pairs = pair_faces(reference, faces)
+        for encoding, track in pairs:
+            check_track_matches_reference(track, encoding)  # before anything is loaded or sampled
         settings = SamplerSettings(steps=steps, cfg=cfg, scheduler=SCHEDULER_KEYS.get(scheduler, scheduler),
-                                   seed=seed, window=window, overlap=overlap, fusion=fusion)
+                                   seed=seed, window=window, overlap=overlap, fusion=fusion, loop=bool(loop))
         settings.validate(fye_model.config.motion_max_len)
-        h, w = reference.size
-        need = activation_memory(fye_model.config, min(window, len(faces)), (h // 8, w // 8), cfg != 1.0,
-                                 fye_model.dtype)
+        h, w = pairs[0][0].size
+        need = activation_memory(fye_model.config, min(window, max(len(t) for _, t in pairs)), (h // 8, w // 8),
+                                 cfg != 1.0, fye_model.dtype)
         model = fye_model.module(runtime, memory_required=need)
         device = runtime.torch_device()
-        ref = reference.to(device, fye_model.dtype)
-        controls = LazyControls(faces, ref.size)  # rendered window by window, never all at once
         _DEGRADED.discard(str(unique_id))
-        samples = with_oom_retry(lambda s: generate(model, ref, controls, s, device=device,
-                                                    dtype=fye_model.dtype, runtime=runtime), settings, runtime,
-                                 retry=on_out_of_memory != "stop",
-                                 on_retry=lambda asked, used: _DEGRADED.add(str(unique_id)))
-        return _outputs(samples, vae, runtime)
+        samples = []
+        for encoding, track in pairs:  # several faces: one after the other, frames face after face
+            ref = encoding.to(device, fye_model.dtype)
+            controls = LazyControls(track, ref.size)  # rendered window by window, never all at once
+            samples.append(with_oom_retry(
+                lambda s, ref=ref, controls=controls: generate(model, ref, controls, s, device=device,
+                                                               dtype=fye_model.dtype, runtime=runtime),
+                settings, runtime, retry=on_out_of_memory != "stop",
+                on_retry=lambda asked, used: _DEGRADED.add(str(unique_id))))
+        return _outputs(torch.cat(samples), vae, runtime)
 
 
 class TemporalSampler(_Sampler):
@@ -138,19 +165,21 @@ class TemporalSampler(_Sampler):
                    "as released, conditional and unconditional branches batched, and overlapping temporal "
                    "windows blended for tracks longer than the window. Shows previews while it runs and honours "
                    "Cancel within one UNet block; tells the host how much memory a window needs; on "
-                   "out-of-memory it retries with smaller windows and says so on the node (or stops).")
+                   "out-of-memory it retries with smaller windows and says so on the node (or stops). Several "
+                   "faces (aligned faces and references of every face) are animated one after the other, their "
+                   "frames face after face for Paste Back.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": _sampler_inputs(), "optional": _optional_inputs(), "hidden": HIDDEN}
 
     def sample(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae=None,
-               on_out_of_memory=OOM_CHOICES[0], unique_id=None):
-        """Sample every frame of the track together."""
+               on_out_of_memory=OOM_CHOICES[0], loop=False, unique_id=None):
+        """Sample every frame of the track together (of every face's track, one after the other)."""
         from emoji_model.pipeline import generate_latents
 
         return self._run(fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae,
-                         generate_latents, on_out_of_memory, unique_id)
+                         generate_latents, on_out_of_memory, unique_id, loop)
 
 
 class ProgressiveLongVideo(_Sampler):
@@ -172,7 +201,7 @@ class ProgressiveLongVideo(_Sampler):
         return {"required": inputs, "optional": _optional_inputs(), "hidden": HIDDEN}
 
     def sample(self, fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion,
-               keyframe_stride, known_frames, vae=None, on_out_of_memory=OOM_CHOICES[0], unique_id=None):
+               keyframe_stride, known_frames, vae=None, on_out_of_memory=OOM_CHOICES[0], loop=False, unique_id=None):
         """Keyframes first, then the gaps between them."""
         from emoji_model.pipeline import progressive_latents
 
@@ -182,7 +211,7 @@ class ProgressiveLongVideo(_Sampler):
                                        known_mode=known_frames, **kw)
 
         return self._run(fye_model, reference, faces, steps, cfg, seed, scheduler, window, overlap, fusion, vae,
-                         generate, on_out_of_memory, unique_id)
+                         generate, on_out_of_memory, unique_id, loop)
 
 
 NODES = [TemporalSampler, ProgressiveLongVideo]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emoji_model import InvalidRequestError, NoFaceDetectedError
-from emoji_model.align import align_motion, resolve_neutral, smooth_track
+from emoji_model.align import RELEASED, align_motion, resolve_neutral, smooth_track
 from emoji_model.landmarks import (
     LEFT_IRIS,
     RIGHT_IRIS,
@@ -34,7 +34,9 @@ def test_driven_by_herself_the_astronaut_keeps_her_points():
     np.testing.assert_allclose(aligned.canonical, np.repeat(ast.canonical, 3, 0), atol=1e-5)
     np.testing.assert_allclose(aligned.pose, np.repeat(ast.pose, 3, 0), atol=1e-4)
     for options in ({"relative_pose": False}, {"iris_tracking": False}, {"neutral": "first"},
-                    {"smoothing": 3}, {"expression_scale": 2.0}):
+                    {"smoothing": 3}, {"expression_scale": 2.0}, RELEASED, {"rotation": "off"},
+                    {"translation": "released"}, {"iris": "off"}, {"regions": "only mouth"}, {"loop": True},
+                    {"neutral": "blendshapes", "regions": "only eyes"}):
         again = align_motion(ast, driving, **options)
         assert np.abs(again.pixels() - ast.pixels()).max() < 1.0, options
 
@@ -65,8 +67,10 @@ def test_driving_video_on_the_astronaut_stays_in_her_face_and_blinks():
 
 def test_iris_stays_at_its_relative_place_in_the_eye():
     ast, driving = astronaut_track(), driving_track()
-    aligned = align_motion(ast, driving)
+    absolute = align_motion(ast, driving, iris="absolute")
+    relative_gaze = align_motion(ast, driving)  # default: her gaze, moved as the driver's moves
     topo = topology()
+    k = neutral_frame(driving)
 
     def relative(track, iris, ring):
         xy = track.points[:, :, :2]
@@ -74,7 +78,10 @@ def test_iris_stays_at_its_relative_place_in_the_eye():
         return (xy[:, iris[0]] - lo) / (hi - lo)
 
     for iris, ring in ((RIGHT_IRIS, topo.right_eye_ring), (LEFT_IRIS, topo.left_eye_ring)):
-        np.testing.assert_allclose(relative(aligned, iris, ring), relative(driving, iris, ring), atol=1e-5)
+        theirs = relative(driving, iris, ring)
+        np.testing.assert_allclose(relative(absolute, iris, ring), theirs, atol=1e-5)
+        np.testing.assert_allclose(relative(relative_gaze, iris, ring),
+                                   relative(ast, iris, ring) + theirs - theirs[k], atol=1e-5)
     fixed = align_motion(ast, driving, iris_tracking=False)
     rel = (fixed.points[:, 468, 0] - fixed.points[:, topo.right_eye_ring, 0].min(1)) / \
         np.ptp(fixed.points[:, topo.right_eye_ring, 0], axis=1)
@@ -136,6 +143,7 @@ def test_reference_and_driving_sizes_may_differ(astronaut, face_task):
 def test_neutral_choices_and_bad_requests():
     driving = driving_track()
     assert resolve_neutral(driving, "auto") == neutral_frame(driving) == 3
+    assert resolve_neutral(driving, "blendshapes") == 3  # head pose and gaze are measured from it
     assert resolve_neutral(driving, "first") == 0
     assert resolve_neutral(driving, 12) == resolve_neutral(driving, "12") == 12
     ast = astronaut_track()
@@ -143,9 +151,15 @@ def test_neutral_choices_and_bad_requests():
         resolve_neutral(driving, 500)
     with pytest.raises(InvalidRequestError):
         align_motion(ast, driving, expression_scale=3.0)
+    for bad in ({"rotation": "sideways"}, {"translation": "frame0"}, {"iris": "on"}, {"translation_strength": 1.5},
+                {"translation_limit": -0.1}, {"regions": "only nose"}, {"regions": {"mouth": 3.0}},
+                {"regions": {"ears": 1.0}}):
+        with pytest.raises(InvalidRequestError):
+            align_motion(ast, driving, **bad)
     faceless = ast[[0]]
     faceless.valid[:] = False
     with pytest.raises(NoFaceDetectedError):
         align_motion(faceless, driving)
-    with pytest.raises(NoFaceDetectedError):
+    with pytest.raises(NoFaceDetectedError, match="driving video") as err:
         align_motion(ast, faceless)
+    assert "portrait" not in str(err.value)

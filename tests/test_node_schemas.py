@@ -18,7 +18,8 @@ HOST_TYPES = {"IMAGE", "MASK", "LATENT", "VAE", "CLIP_VISION", "MODEL", "INT", "
               "BOOLEAN", "VIDEO", "AUDIO", "FYE_FACES", "FYE_MODEL", "FYE_REFERENCE", "FYE_CROP", "FYE_KEYS"}
 EXPECTED_IDS = {"FYE_LandmarkExtractor", "FYE_MotionAligner", "FYE_LoadModel", "FYE_LoadVAE",
                 "FYE_ReferenceEncoder", "FYE_TemporalSampler", "FYE_ProgressiveLongVideo", "FYE_CropFace",
-                "FYE_PasteBack", "FYE_ExpressionEditor", "FYE_MakeVideo"}
+                "FYE_PasteBack", "FYE_ExpressionEditor", "FYE_MakeVideo", "FYE_SaveFaces",
+                "FYE_LoadFaces"}
 SUB_CATEGORIES = {"FollowYourEmoji/landmarks", "FollowYourEmoji/sampling", "FollowYourEmoji/compose"}
 # ComfyUI's sampler and scheduler names (comfy.samplers.KSampler.SAMPLERS / SCHEDULERS, 0.8.0).
 COMFY_SAMPLER_NAMES = {"euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",

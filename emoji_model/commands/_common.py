@@ -8,12 +8,16 @@ from pathlib import Path
 import numpy as np
 
 
-def add_face_options(parser: argparse.ArgumentParser, where: str = "") -> None:
-    """--face-model and --face-index."""
+def add_face_options(parser: argparse.ArgumentParser, where: str = "", every: bool = True) -> None:
+    """--face-model, --face-index and --face-box."""
     parser.add_argument("--face-model", metavar="PATH", default=None,
                         help="MediaPipe face_landmarker.task (default: models/mediapipe or the packaged one)")
-    parser.add_argument("--face-index", type=int, default=0, metavar="N",
-                        help=f"which face{where} when there are several, by size: 0 = largest (default)")
+    parser.add_argument("--face-index", default="0", metavar="N",
+                        help=f"which face{where} when there are several, by size: 0 = largest (default)"
+                             + ("; 'all' for every face, one track each" if every else ""))
+    parser.add_argument("--face-box", metavar="X,Y,W,H", default=None,
+                        help=f"the face{where} in pixels, for faces MediaPipe misses (animals, cartoons, statues): "
+                             "the face inside it is taken, or a frontal canonical face is fitted into it")
 
 
 def add_render_options(parser: argparse.ArgumentParser) -> None:
@@ -25,14 +29,35 @@ def add_render_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outer-lips", action="store_true", help="draw the outer lip line too")
 
 
-def track_from_path(path: str | Path, face_index: int = 0, face_model: str | None = None):
-    """A FaceTrack: loaded from an .npz, or extracted from an image or video file."""
-    from ..landmarks import FaceTrack, extract_file
+def face_args(args: argparse.Namespace) -> dict:
+    """face_index, face_model and face_box for the extraction functions, from add_face_options' arguments."""
+    from ..landmarks.extract import parse_face_index
+    from ..landmarks.fit import parse_face_box
+
+    return {"face_index": parse_face_index(args.face_index), "face_model": args.face_model,
+            "face_box": parse_face_box(args.face_box)}
+
+
+def track_from_path(path: str | Path, face_index: int | str = 0, face_model: str | None = None,
+                    face_box: tuple[float, float, float, float] | None = None):
+    """Face tracks (a FaceTrack, or a FaceGroup of several faces): loaded from an .npz, or extracted from a file."""
+    from ..landmarks import extract_file, load_faces
 
     path = Path(path)
     if path.suffix.lower() == ".npz":
-        return FaceTrack.load(path)
-    return extract_file(path, face_index=face_index, face_model=face_model)
+        return load_faces(path)
+    return extract_file(path, face_index=face_index, face_model=face_model, face_box=face_box)
+
+
+def render_faces(faces, *, include_contour: bool = False, outer_lips: bool = False) -> np.ndarray:
+    """Control renders uint8 [N, H, W, 3] of every face of a track or group, drawn over each other."""
+    from ..landmarks import faces_of, render_controls
+
+    out = None
+    for track in faces_of(faces):
+        frames = render_controls(track, include_contour=include_contour, outer_lips=outer_lips)
+        out = frames if out is None else np.maximum(out, frames)
+    return out
 
 
 def write_render(path: str | Path, frames: np.ndarray, fps: float) -> Path:

@@ -6,8 +6,8 @@ import argparse
 import logging
 import time
 
-from ._common import add_face_options, track_from_path
-from .align import add_align_options
+from ._common import add_face_options, face_args, track_from_path
+from .align import add_align_options, align_kwargs
 
 NAME = "animate"
 HELP = "animate a portrait with a driving video's expressions and head motion"
@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="CLIP image encoder folder or file (a name is looked up in models/clip_vision)")
     parser.add_argument("--out", required=True, help="the video to write (.mp4)")
     parser.add_argument("--fps", type=float, default=0.0, help="output frame rate (default: the driving video's)")
-    add_face_options(parser, " of the reference")
+    add_face_options(parser, " of the reference", every=False)
     add_align_options(parser)
     add_sampler_options(parser)
 
@@ -62,7 +62,7 @@ def settings_from_args(args: argparse.Namespace):
 
     return SamplerSettings(steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, seed=args.seed,
                            window=args.window, overlap=args.overlap, fusion=args.fusion,
-                           noise_share=args.noise_share or 0.0)
+                           noise_share=args.noise_share or 0.0, loop=bool(getattr(args, "loop", 0)))
 
 
 def load_networks(args: argparse.Namespace, runtime):
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     """Landmarks → alignment → sampling → decoding, streamed into an mp4 written atomically."""
     from ..align import align_motion
     from ..bundled import is_bundled
-    from ..landmarks import extract_image
+    from ..landmarks import extract_image, single_face
     from ..pipeline import animate
     from ..runtime import default_runtime
     from ..video import load_image, write_video
@@ -96,12 +96,10 @@ def run(args: argparse.Namespace) -> int:
     rt = default_runtime()
     start = time.perf_counter()
     image = load_image(args.reference)
-    reference = extract_image(image, face_index=args.face_index, face_model=args.face_model,
-                              what=f"the reference '{args.reference}'")
-    driving = track_from_path(args.driving, 0, args.face_model)
-    aligned = align_motion(reference, driving, relative_pose=args.relative_pose, neutral=args.neutral,
-                           expression_scale=args.expression_scale, iris_tracking=args.iris_tracking,
-                           smoothing=args.smoothing)
+    reference = single_face(extract_image(image, **face_args(args), what=f"the reference '{args.reference}'"),
+                            "animate")
+    driving = single_face(track_from_path(args.driving, 0, args.face_model), "animate's --driving")
+    aligned = align_motion(reference, driving, **align_kwargs(args))
     model, vae, encoder, device, dtype, trained = load_networks(args, rt)
     size = args.size or trained or 512
     settings = settings_from_args(args)

@@ -6,7 +6,7 @@ import argparse
 import logging
 import time
 
-from ._common import add_face_options, add_render_options, track_from_path, write_render
+from ._common import add_face_options, add_render_options, face_args, render_faces, track_from_path, write_render
 
 NAME = "edit"
 HELP = "keyframed expression editor: blinks, smiles, mouth, brows, gaze and head turns over time"
@@ -30,6 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate (default 25)")
     parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="linear",
                         help="how values move between keys (default linear)")
+    parser.add_argument("--loop", action="store_true",
+                        help="close the animation on its first frame: after the last key every control returns to "
+                             "its first key's value, so the clip loops without a jump")
     parser.add_argument("--out", required=True, help="the edited face track to write (.npz)")
     add_face_options(parser, " of the reference")
     add_render_options(parser)
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..editor import animate_face
     from ..errors import InvalidRequestError
-    from ..landmarks import render_controls
+    from ..landmarks import faces_of, from_faces, save_faces
 
     keys = args.keys
     if args.keys_file:
@@ -65,14 +68,16 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise InvalidRequestError(f"cannot read --keys-file '{args.keys_file}': {exc}") from exc
     start = time.perf_counter()
-    reference = track_from_path(args.reference, args.face_index, args.face_model)
+    reference = track_from_path(args.reference, **face_args(args))
     extracted = time.perf_counter()
-    edited = animate_face(reference, keys, frames=args.frames, fps=args.fps, interpolation=args.interpolation,
-                          constants=_constants(args.constants))
-    edited.save(args.out)
-    log.info("edited %d frames of a %dx%d face in %.3f s (landmarks %.2f s) -> %s", len(edited), *edited.size,
-             time.perf_counter() - extracted, extracted - start, args.out)
+    edited = from_faces([animate_face(face, keys, frames=args.frames, fps=args.fps, interpolation=args.interpolation,
+                                      constants=_constants(args.constants), loop=args.loop)
+                         for face in faces_of(reference)])
+    save_faces(edited, args.out)
+    first = faces_of(edited)[0]
+    log.info("edited %d frames of %d face(s) of %dx%d in %.3f s (landmarks %.2f s) -> %s", len(first),
+             len(faces_of(edited)), *first.size, time.perf_counter() - extracted, extracted - start, args.out)
     if args.render:
-        frames = render_controls(edited, include_contour=args.contour, outer_lips=args.outer_lips)
-        log.info("render -> %s", write_render(args.render, frames, edited.fps))
+        frames = render_faces(edited, include_contour=args.contour, outer_lips=args.outer_lips)
+        log.info("render -> %s", write_render(args.render, frames, first.fps))
     return 0

@@ -6,7 +6,7 @@ import argparse
 import logging
 import time
 
-from ._common import add_face_options, add_render_options, write_render
+from ._common import add_face_options, add_render_options, face_args, render_faces, write_render
 
 NAME = "landmarks"
 HELP = "extract face landmarks (points, canonical vertices, pose, blendshapes) of an image or video"
@@ -24,15 +24,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Extract, save, optionally render."""
-    from ..landmarks import extract_file, render_controls
+    from ..landmarks import extract_file, faces_of, save_faces
 
     start = time.perf_counter()
-    track = extract_file(args.input, face_index=args.face_index, face_model=args.face_model)
+    faces = extract_file(args.input, **face_args(args))
     elapsed = time.perf_counter() - start
-    track.save(args.out)
-    log.info("%d frame(s) of %dx%d, %d with a face, in %.2f s -> %s", len(track), *track.size,
-             int(track.valid.sum()), elapsed, args.out)
+    save_faces(faces, args.out)
+    tracks = faces_of(faces)
+    first = tracks[0]
+    log.info("%d face(s), %d frame(s) of %dx%d, %d with a face%s, in %.2f s -> %s", len(tracks), len(first),
+             *first.size, int(first.valid.sum()), " (fitted into the face box)" if first.any_fitted else "",
+             elapsed, args.out)
     if args.render:
-        frames = render_controls(track, include_contour=args.contour, outer_lips=args.outer_lips)
-        log.info("render -> %s", write_render(args.render, frames, track.fps))
+        frames = render_faces(faces, include_contour=args.contour, outer_lips=args.outer_lips)
+        log.info("render -> %s", write_render(args.render, frames, first.fps))
     return 0

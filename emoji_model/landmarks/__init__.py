@@ -1,7 +1,9 @@
 """Expression-aware landmarks: the FaceTrack type, MediaPipe extraction, control renders and masks.
 
 * :mod:`.track` — :class:`FaceTrack` (per-frame landmarks, canonical vertices, pose, blendshapes),
-  filling faceless frames, eye aperture and the most neutral frame;
+  filling faceless frames, closing loops, eye aperture and the most neutral frame;
+* :mod:`.group` — :class:`FaceGroup` (several faces, one track each) and track files;
+* :mod:`.fit` — a canonical face fitted into a box, for faces MediaPipe misses;
 * :mod:`.extract` — MediaPipe's face landmarker on stills, videos, files and batches;
 * :mod:`.topology` — the face-mesh parts (eyes, brows, lip chains, contour) from MediaPipe's topology;
 * :mod:`.render` — the control images the networks see (no contour, inner lips, pupils; paper 4.1);
@@ -19,8 +21,10 @@ from .extract import (
     extract_image,
     extract_stills,
     extract_video,
+    faces_controls,
     resolve_face_model,
 )
+from .group import FaceGroup, FYEFaces, faces_of, from_faces, load_faces, save_faces, single_face
 from .masks import HEAD_OVAL, expression_mask, face_masks, face_width, facial_mask
 from .render import (
     CONTOUR_COLOR,
@@ -40,7 +44,9 @@ from .track import (
     NUM_POINTS,
     RIGHT_EYE_APERTURE,
     RIGHT_IRIS,
+    LOOP_BLEND,
     FaceTrack,
+    close_loop,
     empty_track,
     eye_aperture,
     fill_invalid,
@@ -48,11 +54,12 @@ from .track import (
 )
 
 __all__ = [
-    "CONTOUR_COLOR", "EXTRACT_MODES", "HEAD_OVAL", "LEFT_EYE_APERTURE", "LEFT_IRIS", "NUM_BLENDSHAPES", "NUM_POINTS",
-    "PART_COLORS", "PUPIL_COLOR", "REFERENCE_SIZE", "RIGHT_EYE_APERTURE", "RIGHT_IRIS",
-    "Face", "FaceLandmarker", "FaceTrack", "Topology",
-    "as_rgb_uint8", "empty_track", "expression_mask", "extract_auto", "extract_controls", "extract_file",
-    "extract_image", "extract_stills", "extract_video", "eye_aperture", "face_masks", "face_width",
-    "facial_mask", "fill_invalid", "line_width", "neutral_frame", "pupil_half_width", "render_controls",
-    "render_frame", "resolve_face_model", "topology",
+    "CONTOUR_COLOR", "EXTRACT_MODES", "HEAD_OVAL", "LEFT_EYE_APERTURE", "LEFT_IRIS", "LOOP_BLEND", "NUM_BLENDSHAPES",
+    "NUM_POINTS", "PART_COLORS", "PUPIL_COLOR", "REFERENCE_SIZE", "RIGHT_EYE_APERTURE", "RIGHT_IRIS",
+    "FYEFaces", "Face", "FaceGroup", "FaceLandmarker", "FaceTrack", "Topology",
+    "as_rgb_uint8", "close_loop", "empty_track", "expression_mask", "extract_auto", "extract_controls", "extract_file",
+    "extract_image", "extract_stills", "extract_video", "eye_aperture", "face_masks", "face_width", "faces_controls",
+    "faces_of",
+    "facial_mask", "fill_invalid", "from_faces", "line_width", "load_faces", "neutral_frame", "pupil_half_width",
+    "render_controls", "render_frame", "resolve_face_model", "save_faces", "single_face", "topology",
 ]

@@ -42,8 +42,9 @@ class FaceTrack:
     size: tuple[int, int]    # (width, height) of the frames
     fps: float = 0.0         # frame rate of the source video; 0 for a still
     source: ImageSignature | None = None  # the portrait the face belongs to (a still's track and its edits)
+    fitted: np.ndarray | None = None  # [N] bool: a canonical face fitted into a given box, not detected
 
-    ARRAYS: ClassVar[tuple[str, ...]] = ("points", "canonical", "pose", "blendshapes", "valid")
+    ARRAYS: ClassVar[tuple[str, ...]] = ("points", "canonical", "pose", "blendshapes", "valid", "fitted")
 
     def __post_init__(self) -> None:
         self.points = np.asarray(self.points, dtype=np.float32)
@@ -51,11 +52,12 @@ class FaceTrack:
         self.pose = np.asarray(self.pose, dtype=np.float32)
         self.blendshapes = np.asarray(self.blendshapes, dtype=np.float32)
         self.valid = np.asarray(self.valid, dtype=bool)
+        n = len(self.points)
+        self.fitted = np.zeros(n, bool) if self.fitted is None else np.asarray(self.fitted, dtype=bool)
         self.size = (int(self.size[0]), int(self.size[1]))
         self.fps = float(self.fps)
-        n = len(self.points)
         expected = {"points": (n, NUM_POINTS, 3), "canonical": (n, NUM_POINTS, 3), "pose": (n, 4, 4),
-                    "blendshapes": (n, NUM_BLENDSHAPES), "valid": (n,)}
+                    "blendshapes": (n, NUM_BLENDSHAPES), "valid": (n,), "fitted": (n,)}
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
                 raise InvalidRequestError(f"FaceTrack.{name} must have shape {shape}, "
@@ -86,8 +88,13 @@ class FaceTrack:
         w, h = size or self.size
         return self.points[..., :2] * np.array([w, h], dtype=np.float32)
 
+    @property
+    def any_fitted(self) -> bool:
+        """True when some frame holds a face fitted into a box rather than detected."""
+        return bool(self.fitted.any())
+
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the track as .npz (points, canonical, pose, blendshapes, valid, size, fps)."""
+        """Write the track as .npz (points, canonical, pose, blendshapes, valid, fitted, size, fps)."""
         path = Path(path)
         with atomic_path(path) as tmp:
             np.savez_compressed(tmp, **{k: getattr(self, k) for k in self.ARRAYS},
@@ -100,11 +107,14 @@ class FaceTrack:
         try:
             with np.load(path) as data:
                 arrays = {k: data[k] for k in ("points", "canonical", "pose", "blendshapes", "valid")}
+                if "fitted" in data.files:  # tracks written before fitted faces existed have none
+                    arrays["fitted"] = data["fitted"]
                 size = tuple(int(v) for v in data["size"])
                 fps = float(data["fps"]) if "fps" in data.files else 0.0
         except (OSError, KeyError, ValueError) as exc:
             raise InvalidRequestError(f"'{path}' is not a face track (.npz with points, canonical, pose, "
-                                      f"blendshapes, valid, size): {exc}") from exc
+                                      f"blendshapes, valid, size): {exc}. A file of several faces is read "
+                                      "with emoji_model.landmarks.load_faces.") from exc
         return cls(**arrays, size=size, fps=fps)
 
 
@@ -138,6 +148,34 @@ def fill_invalid(track: FaceTrack) -> FaceTrack:
         getattr(out, name)[:] = (1 - w) * arr[lo] + w * arr[hi]
     out.pose[:] = geometry.interpolate_poses(track.pose[lo].astype(np.float64),
                                              track.pose[hi].astype(np.float64), t)
+    return out
+
+
+LOOP_BLEND = 16
+"""Most frames :func:`close_loop` blends by default (a quarter of the track when it is shorter)."""
+
+
+def close_loop(track: FaceTrack, frames: int | None = None) -> FaceTrack:
+    """The track with its last ``frames`` frames blended into its first, so that it loops without a jump.
+
+    Frame N-L+j moves (j+1)/(L+1) of the way to frame 0 (points, canonical vertices, blendshapes
+    linearly, poses blended), so the step from the last frame back to the first is like any other.
+    Default L: a quarter of the track, at most :data:`LOOP_BLEND`.
+    """
+    n = len(track)
+    count = min(LOOP_BLEND, n // 4) if frames is None else int(frames)
+    count = max(0, min(count, n - 1))
+    if count == 0:
+        return track
+    out = replace(track, **{k: getattr(track, k).copy() for k in track.ARRAYS})
+    idx = np.arange(n - count, n)
+    t = (np.arange(count) + 1.0) / (count + 1.0)                        # [L]
+    for name in ("points", "canonical", "blendshapes"):
+        arr = getattr(track, name).astype(np.float64)
+        w = t.reshape((count,) + (1,) * (arr.ndim - 1))
+        getattr(out, name)[idx] = (1 - w) * arr[idx] + w * arr[:1]
+    first = np.repeat(track.pose[:1].astype(np.float64), count, axis=0)
+    out.pose[idx] = geometry.interpolate_poses(track.pose[idx].astype(np.float64), first, t)
     return out
 
 

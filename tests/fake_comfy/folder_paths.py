@@ -1,7 +1,10 @@
 import os
 import tempfile
 
-models_dir = os.path.join(tempfile.mkdtemp(prefix="fake_comfy_"), "models")
+base_path = tempfile.mkdtemp(prefix="fake_comfy_")
+models_dir = os.path.join(base_path, "models")
+output_directory = os.path.join(base_path, "output")
+input_directory = os.path.join(base_path, "input")
 folder_names_and_paths = {"checkpoints": ([os.path.join(models_dir, "checkpoints")], {".safetensors"})}
 
 
@@ -24,3 +27,11 @@ def get_full_path(name, filename):
         if os.path.isfile(full):
             return full
     return None
+
+
+def get_output_directory():
+    return output_directory
+
+
+def get_input_directory():
+    return input_directory
