@@ -5,7 +5,7 @@ Importing this package imports torch and diffusers; keep it out of node registra
 
 from .appearance import AppearanceNet
 from .blocks import ReferenceAttnProcessor, TemporalTransformer
-from .config import RELEASED_SCHEDULER, FYEConfig
+from .config import MOTION_NORM_GROUPS, RELEASED_SCHEDULER, FYEConfig
 from .guider import LandmarkGuider
 from .image_prompt import LinearImagePrompt, QFormerImagePrompt, build_image_prompt
 from .model import COMPONENTS, FollowYourEmoji, build_model
@@ -17,6 +17,7 @@ __all__ = [
     "build_model",
     "COMPONENTS",
     "RELEASED_SCHEDULER",
+    "MOTION_NORM_GROUPS",
     "AppearanceNet",
     "DenoisingUNet",
     "LandmarkGuider",

@@ -151,7 +151,7 @@ def build_spatial_blocks(cfg: FYEConfig, motion: bool) -> tuple[nn.ModuleList, n
 
     def temporal(channels: int, count: int) -> nn.ModuleList:
         return nn.ModuleList(TemporalTransformer(channels, cfg.motion_heads, cfg.motion_layers,
-                                                 cfg.norm_num_groups, cfg.motion_max_len) for _ in range(count))
+                                                 cfg.motion_norm_groups, cfg.motion_max_len) for _ in range(count))
 
     down = nn.ModuleList()
     out_ch = boc[0]

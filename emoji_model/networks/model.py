@@ -63,6 +63,16 @@ class FollowYourEmoji(nn.Module):
         self.appearance.gradient_checkpointing = enabled
         self.unet.gradient_checkpointing = enabled
 
+    def set_motion_norm_groups(self, groups: int) -> None:
+        """Make the temporal layers normalise with ``groups`` GroupNorm groups (the config records it)."""
+        from .blocks import TemporalTransformer
+
+        config = self.config.replace(motion_norm_groups=int(groups))  # validates the channel counts
+        for module in self.unet.modules():
+            if isinstance(module, TemporalTransformer):
+                module.norm.num_groups = int(groups)
+        self.config = self.appearance.config = self.unet.config = config
+
     # -- the sampler's interface ---------------------------------------------------------------------
     def encode_image_prompt(self, clip_tokens: torch.Tensor, for_appearance: bool = False) -> torch.Tensor:
         """CLIP tokens [B,T,clip_dim] → prompt tokens [B,T',D] for the UNet (or the appearance net)."""
