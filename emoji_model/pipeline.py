@@ -96,6 +96,31 @@ def _check_sizes(model, reference, control) -> tuple[int, int]:
     return h // 8, w // 8
 
 
+def starting_noise(shape: tuple[int, ...], seed: int, device, *, noise: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None, frames: list[int] | None = None) -> torch.Tensor:
+    """The starting noise [1,4,n,h,w] (float32) of the ``frames`` of a track of ``shape`` = (1,4,F,h,w).
+
+    ``noise`` over the whole track ([1,4,F,h,w] as diffusers' video pipelines, or [F,4,h,w] as the latents
+    this module returns) is used as given; else ``generator`` draws the track's noise in one
+    ``torch.randn`` call, as diffusers' pipelines (and the released one) do; else every frame gets its own
+    seeded noise (:func:`~emoji_model.sampling.initial_noise`), whatever the track length.
+    """
+    import torch
+
+    if noise is None and generator is not None:
+        noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+    if noise is None:
+        count = len(frames) if frames is not None else shape[2]
+        return initial_noise((1, shape[1], count, *shape[3:]), seed, device, torch.float32, frames)
+    if noise.ndim == 4:
+        noise = noise.permute(1, 0, 2, 3)[None]  # "f c h w -> 1 c f h w"
+    if tuple(noise.shape) != tuple(shape):
+        raise InvalidRequestError(f"starting noise must be {tuple(shape)} ([1,4,frames,h,w]); got {tuple(noise.shape)}")
+    if frames is not None:
+        noise = noise[:, :, frames]
+    return noise.to(device=device, dtype=torch.float32)
+
+
 def _prepare(model, reference, control, settings: SamplerSettings, device, dtype, runtime):
     """Validate a sampling request; the runtime, device, dtype and (frames, latent h, latent w)."""
     import torch
@@ -107,11 +132,14 @@ def _prepare(model, reference, control, settings: SamplerSettings, device, dtype
 
 
 def generate_latents(model, reference, control, settings: SamplerSettings = SamplerSettings(), *,
-                     device=None, dtype=None, runtime: StandaloneRuntime | None = None) -> torch.Tensor:
+                     device=None, dtype=None, runtime: StandaloneRuntime | None = None,
+                     noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Sample every frame of a track together (windows when longer than ``settings.window``).
 
     Returns scaled float32 latents [F,4,h,w] (divide by LATENT_SCALE before a VAE decode); the model
-    runs in ``dtype`` while the diffusion state stays float32, as in ComfyUI's own samplers.
+    runs in ``dtype`` while the diffusion state stays float32, as in ComfyUI's own samplers. The
+    starting noise is ``noise``, or drawn from ``generator``, or seeded per frame by ``settings.seed``
+    (see :func:`starting_noise`).
     """
     import torch
 
@@ -121,7 +149,7 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
         cond = conditioning(reference, feats, settings.cfg)
         scheduler = make_model_scheduler(model, settings)
         scheduler.set_timesteps(settings.steps, device=device)
-        noise = initial_noise((1, 4, num, h, w), settings.seed, device, torch.float32)
+        noise = starting_noise((1, 4, num, h, w), settings.seed, device, noise=noise, generator=generator)
         denoiser = make_denoiser(model, cond, settings.cfg, settings.temporal, dtype=dtype)
         total = count_windows(num, settings.window, settings.overlap, settings.steps)
         with rt.progress(total, "sampling") as bar:
@@ -133,13 +161,17 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
 
 def progressive_latents(model, reference, control, settings: SamplerSettings = SamplerSettings(), *,
                         keyframe_stride: int | None = None, known_mode: str = "auto", device=None,
-                        dtype=None, runtime: StandaloneRuntime | None = None) -> torch.Tensor:
+                        dtype=None, runtime: StandaloneRuntime | None = None, noise: torch.Tensor | None = None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
     """The paper's progressive long-video strategy (section 4.3); returns scaled latents [F,4,h,w].
 
     1. keyframes every ``keyframe_stride`` frames (default window - 1) are sampled as one clip;
     2. each gap between consecutive keyframes is sampled with both keyframes known: through the
        covered-latent input channels when the checkpoint has them (``known_mode`` "covered"),
        otherwise by replacing them at every step with their noised latents ("replace").
+
+    The starting noise of every frame is taken from ``noise`` / ``generator`` as in
+    :func:`generate_latents` (each stage uses its frames' part of it).
 
     Memory follows the window, not the video: control renders (``control`` may render lazily,
     see LazyControls), landmark features and noise exist only for the frames of the stage at hand
@@ -165,9 +197,12 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
     total = count_windows(len(keys), settings.window, settings.overlap, settings.steps)
     total += settings.steps * len(gaps)
 
+    if noise is None and generator is not None:  # one draw for the whole track, as diffusers' pipelines
+        noise = starting_noise((1, 4, num, h, w), settings.seed, "cpu", generator=generator)
+
     def run(frames: list[int], known=None, covered=None, mask=None, bar=None):
         feats = landmark_features(model, control[frames], device, dtype)
-        init = initial_noise((1, 4, len(frames), h, w), settings.seed, device, torch.float32, frames)
+        init = starting_noise((1, 4, num, h, w), settings.seed, device, noise=noise, frames=frames)
         sched = make_model_scheduler(model, settings)
         sched.set_timesteps(settings.steps, device=device)
         cond = conditioning(reference, feats, settings.cfg)
