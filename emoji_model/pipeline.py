@@ -69,6 +69,57 @@ def landmark_features(model, control, device, dtype, chunk: int = 16, store=None
     return torch.cat(parts, dim=2)
 
 
+class LandmarkFeatures:
+    """Landmark-guider features of a track, computed when a window first asks for a frame, once per frame.
+
+    ``control`` gives control renders uint8 [n,H,W,3] when indexed by a list of frames (an array, or
+    :class:`LazyControls`, which draws them then): a frame is rendered and encoded once, in chunks of
+    ``chunk`` frames on ``device``, and kept on ``store`` (default ``device``; the host, so that the
+    accelerator holds only the window) until :meth:`release`.
+    """
+
+    def __init__(self, model, control, device, dtype, store=None, chunk: int = 16):
+        if len(control) == 0:
+            raise InvalidRequestError("the landmark track has zero frames")
+        self.model, self.control, self.device, self.dtype = model, control, device, dtype
+        self.store, self.chunk = store or device, chunk
+        self.frames: dict[int, torch.Tensor] = {}  # frame -> [C,h,w]
+
+    def __len__(self) -> int:
+        return len(self.control)
+
+    def window(self, frames) -> torch.Tensor:
+        """Features [1,C,W,h,w] of ``frames`` on ``device``."""
+        import torch
+
+        frames = [int(i) for i in frames]
+        missing = list(dict.fromkeys(i for i in frames if i not in self.frames))
+        with torch.no_grad():
+            for s in range(0, len(missing), self.chunk):
+                part = missing[s:s + self.chunk]
+                feats = self.model.encode_landmarks(_to_control_tensor(self.control[part], self.device, self.dtype))
+                for k, i in enumerate(part):
+                    self.frames[i] = feats[0, :, k].to(self.store)
+        return torch.stack([self.frames[i] for i in frames], dim=1)[None].to(self.device)
+
+    def of(self, frames) -> _FeatureSubset:
+        """The features of a stage: window positions 0..len(frames)-1 are the track's ``frames``."""
+        return _FeatureSubset(self, [int(i) for i in frames])
+
+    def release(self, frames) -> None:
+        """Forget the features of ``frames`` (no later stage needs them)."""
+        for i in frames:
+            self.frames.pop(int(i), None)
+
+
+class _FeatureSubset:
+    def __init__(self, features: LandmarkFeatures, frames: list[int]):
+        self.features, self.frames = features, frames
+
+    def window(self, positions) -> torch.Tensor:
+        return self.features.window([self.frames[i] for i in positions])
+
+
 def make_model_scheduler(model, settings: SamplerSettings):
     """The sampler's scheduler with the noise schedule stored in the checkpoint's config."""
     stored = dict(getattr(model.config, "scheduler", None) or {})
@@ -76,11 +127,17 @@ def make_model_scheduler(model, settings: SamplerSettings):
                           stored.get("rescale_betas_zero_snr"), betas=stored)
 
 
-def conditioning(reference, features: torch.Tensor, cfg: float) -> Conditioning:
-    """Stack the reference's unconditional and conditional branches for one batched forward."""
+def conditioning(reference, features, cfg: float, model=None) -> Conditioning:
+    """Stack the reference's unconditional and conditional branches for one batched forward.
+
+    With ``model``, the banks' and prompt tokens' projections are prepared here, once for the video.
+    """
     guided = cfg != 1.0
     tokens, banks, bank_mask = reference.batch(guidance=guided)
-    return Conditioning(tokens, banks, features, bank_mask=bank_mask, guided=guided)
+    context = None
+    if model is not None and hasattr(model, "prepare_reference"):
+        context = model.prepare_reference(tokens, banks, bank_mask)
+    return Conditioning(tokens, banks, features, bank_mask=bank_mask, guided=guided, context=context)
 
 
 def _check_sizes(model, reference, control) -> tuple[int, int]:
@@ -145,8 +202,8 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
 
     rt, device, dtype, (num, h, w) = _prepare(model, reference, control, settings, device, dtype, runtime)
     with torch.no_grad():
-        feats = landmark_features(model, control, device, dtype, store=rt.offload_device())
-        cond = conditioning(reference, feats, settings.cfg)
+        feats = LandmarkFeatures(model, control, device, dtype, store=rt.offload_device())
+        cond = conditioning(reference, feats, settings.cfg, model)
         scheduler = make_model_scheduler(model, settings)
         scheduler.set_timesteps(settings.steps, device=device)
         noise = starting_noise((1, 4, num, h, w), settings.seed, device, noise=noise, generator=generator)
@@ -175,7 +232,7 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
 
     Memory follows the window, not the video: control renders (``control`` may render lazily,
     see LazyControls), landmark features and noise exist only for the frames of the stage at hand
-    (each frame's features are computed once); the latents are the only per-frame state.
+    and the keyframes (each frame is rendered and encoded once); the latents are the only per-frame state.
     """
     import torch
 
@@ -200,12 +257,14 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
     if noise is None and generator is not None:  # one draw for the whole track, as diffusers' pipelines
         noise = starting_noise((1, 4, num, h, w), settings.seed, "cpu", generator=generator)
 
+    feats = LandmarkFeatures(model, control, device, dtype, store=rt.offload_device())
+    video = conditioning(reference, feats, settings.cfg, model)
+
     def run(frames: list[int], known=None, covered=None, mask=None, bar=None):
-        feats = landmark_features(model, control[frames], device, dtype)
         init = starting_noise((1, 4, num, h, w), settings.seed, device, noise=noise, frames=frames)
         sched = make_model_scheduler(model, settings)
         sched.set_timesteps(settings.steps, device=device)
-        cond = conditioning(reference, feats, settings.cfg)
+        cond = replace(video, landmark_features=feats.of(frames))
         den = make_denoiser(model, cond, settings.cfg, settings.temporal, covered, mask, dtype=dtype)
         return sample_windows(den, init * sched.init_noise_sigma, sched, window=settings.window,
                               overlap=settings.overlap, fusion=settings.fusion, known=known,
@@ -228,6 +287,7 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
                     mask[0, :, i] = 0.0
             filled = run(list(range(a, b + 1)), known, covered, mask, bar=bar)
             latents[:, :, a + 1:b] = filled[:, :, 1:-1]
+            feats.release(range(a, b))  # keyframe b starts the next gap
     return latents[0].permute(1, 0, 2, 3).contiguous()  # "1 c f h w -> f c h w"
 
 
