@@ -89,63 +89,6 @@ def overhead(size: int, steps: int, frames: int = 40, repeats: int = 5) -> None:
           f"{size}px, {steps} steps, window 16/4)")
 
 
-class PeakTensorMemory:
-    """Peak bytes of tensor storage alive at once among tensors created inside the block.
-
-    A TorchDispatchMode sees every tensor an operation creates; storages are counted once, and freed
-    when the last tensor made on them is collected. Weights and inputs made before the block are
-    not counted, so this is the memory a run adds, measured exactly rather than through RSS.
-    """
-
-    def __init__(self):
-        import torch
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        meter = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                for t in torch.utils._pytree.tree_leaves(out):
-                    if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                        meter._track(t)
-                return out
-
-        self.mode = Mode()
-        self.live = self.peak = 0
-        self.refs: dict[int, list[int]] = {}  # storage pointer -> [tensors alive, bytes]
-
-    def _track(self, t) -> None:
-        import weakref
-
-        storage = t.untyped_storage()
-        key, size = storage.data_ptr(), storage.nbytes()
-        if key == 0 or size == 0:
-            return
-        entry = self.refs.get(key)
-        if entry is None:
-            entry = self.refs[key] = [0, size]
-            self.live += size
-            self.peak = max(self.peak, self.live)
-        entry[0] += 1
-        weakref.finalize(t, self._release, key)
-
-    def _release(self, key: int) -> None:
-        entry = self.refs.get(key)
-        if entry is not None:
-            entry[0] -= 1
-            if entry[0] == 0:
-                self.live -= entry[1]
-                del self.refs[key]
-
-    def __enter__(self):
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.mode.__exit__(*exc)
-
-
 def progressive_peak(frames: int, size: int, steps: int, model, ref) -> int:
     """Peak bytes of tensors the progressive sampler keeps alive while making ``frames`` frames."""
     from emoji_model.align import align_motion
@@ -153,6 +96,7 @@ def progressive_peak(frames: int, size: int, steps: int, model, ref) -> int:
     from emoji_model.pipeline import LazyControls, progressive_latents
     from emoji_model.sampling import SamplerSettings
     from landmark_inputs import astronaut_track, driving_track
+    from trainer.memory import PeakTensorMemory
 
     aligned = align_motion(astronaut_track(), driving_track())
     track = FaceTrack.concat([aligned, aligned[::-1]] * (frames // (2 * len(aligned)) + 1))[:frames]

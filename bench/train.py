@@ -1,14 +1,18 @@
-"""Training throughput, peak memory and the optimizer-memory option, for the tiny config (one line each).
+"""Training throughput and peak memory for the tiny config, and the optimizers side by side.
 
-    python bench/train.py [--steps 30] [--threads N] [--size 64]
+    python bench/train.py [--steps 30] [--threads N] [--size 64] [--only throughput|optimizers]
 
 The shared driving video is prepared once at ``--size`` into a temporary folder with a tiny VAE and
-CLIP beside it. Each case then trains in a fresh child process: stage 1 (single frames, batch 8) and
-stage 2 (8-frame clips with covering, batch 1); steps/s is the median over the steps after the first
-three, peak RSS the highest resident memory during training over the process's RSS just before it
-(sampled every millisecond), plus the GPU's peak allocation when one is used. The optimizer lines
-compare the state AdamW keeps with the GaLore-style projected moments: measured after one step on
-the tiny stage-1 parameters, and computed for the SD-1.5 trainable sets of both stages.
+CLIP beside it. Throughput: each case trains in a fresh child process: stage 1 (single frames, batch 8)
+and stage 2 (8-frame clips with covering, batch 1); steps/s is the median over the steps after the first
+three, peak RSS the highest resident memory during training over the process's RSS just before it.
+
+Optimizers (one table): AdamW, GaLore, COAP and, where bitsandbytes is installed, COAP and AdamW with
+8-bit states train the tiny stage-1 networks from the same seed on the same batches with the same
+noise, in one process, round-robin step by step (the order alternating), so each ratio is taken under
+the same machine load. Per optimizer: its state in bytes (counted), the CPU time of a whole training
+step (forward, backward, clipping, optimizer step) over AdamW's, and the mean loss of the last 10 of
+``--opt-steps`` steps over AdamW's. Then the SD-1.5 stage-1 figures of ``trainer plan`` (computed).
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ MIB = 2 ** 20
 CASES = {
     "stage1": dict(stage=1, batch_size=8),
     "stage2": dict(stage=2, frames=8, batch_size=1),
-    "stage1-galore": dict(stage=1, batch_size=8, optimizer="galore", galore_rank=8),
 }
 
 
@@ -87,38 +90,81 @@ def child(work: Path, case: str, steps: int) -> None:
                                  "samples": cfg.batch_size}))
 
 
-def optimizer_figures() -> list[str]:
-    """AdamW vs GaLore state: measured on the tiny stage-1 parameters, computed for SD-1.5."""
+OPTIMIZERS = ("adamw", "galore", "coap", "coap8bit", "adamw8bit")
+
+
+def optimizer_table(work: Path, steps: int) -> list[str]:
+    """The optimizers side by side on the tiny stage-1 networks (see the module docstring)."""
+    import time
+
     import torch
 
-    from emoji_model.networks import FYEConfig, build_model
+    from emoji_model.checkpoints import load_clip_vision, load_vae
     from trainer.config import TrainConfig
-    from trainer.optim import build_optimizer, estimated_state_bytes, optimizer_state_bytes
-    from trainer.step import set_trainable
+    from trainer.data import ClipDataset, EpochBatches
+    from trainer.objectives import make_noise_scheduler
+    from trainer.optim import build_optimizer, optimizer_state_bytes
+    from trainer.step import FrozenEncoders, TrainingForward, build_model, set_trainable, training_losses
 
-    lines = []
-    stage1 = TrainConfig(stage=1).trainable_groups(5)
-    measured = {}
-    for kind in ("adamw", "galore"):
-        model = build_model(FYEConfig.tiny(cover_channels=5), "cpu")
-        named = set_trainable(model, stage1)
-        opt = build_optimizer(named, TrainConfig(optimizer=kind, galore_rank=8, lr=1e-4))
-        for _, p in named:
-            p.grad = torch.randn_like(p)
-        opt.step()
-        measured[kind] = optimizer_state_bytes(opt)
-    lines.append(f"optimizer, tiny stage 1: galore rank 8 keeps {measured['galore'] / measured['adamw']:.2f}x AdamW's "
-                 f"state ({measured['galore'] / MIB:.1f} MiB vs {measured['adamw'] / MIB:.1f} MiB, measured)")
-    sd = build_model(FYEConfig.sd15(cover_channels=5), "meta")
-    for stage in (1, 2):
-        named = set_trainable(sd, TrainConfig(stage=stage).trainable_groups(5))
-        shapes = [p.shape for _, p in named]
-        adam = estimated_state_bytes(shapes, "adamw")
-        galore = estimated_state_bytes(shapes, "galore", 128)
-        params = sum(p.numel() for _, p in named)
-        lines.append(f"optimizer, SD-1.5 stage {stage} ({params / 1e9:.2f}B trained): galore rank 128 keeps "
-                     f"{galore / adam:.2f}x AdamW's state ({galore / 2 ** 30:.2f} GiB vs {adam / 2 ** 30:.2f} GiB, "
-                     f"computed)")
+    try:
+        import bitsandbytes  # noqa: F401
+        kinds = OPTIMIZERS
+    except ImportError:
+        kinds = tuple(k for k in OPTIMIZERS if "8bit" not in k)
+    base = dict(model="tiny", model_overrides={"cover_channels": 5}, image_encoder=str(work / "clip"),
+                vae=str(work / "vae"), dataset=str(work / "data"), batch_size=8, lr=1e-3, galore_rank=8, seed=0)
+    encoders = FrozenEncoders(load_vae(work / "vae"), load_clip_vision(work / "clip"))
+    dataset = ClipDataset(work / "data", 1, seed=0)
+    order = EpochBatches(len(dataset), 8, seed=0)
+    runs = {}
+    for kind in kinds:
+        cfg = TrainConfig.from_dict(dict(base, optimizer=kind))
+        model = build_model(cfg)
+        named = set_trainable(model, cfg.trainable_groups(5))
+        model.train()
+        runs[kind] = dict(cfg=cfg, named=named, forward=TrainingForward(model, temporal=False),
+                          opt=build_optimizer(named, cfg), noise=torch.Generator().manual_seed(17), cpu=0.0,
+                          losses=[])
+    sched = make_noise_scheduler(runs["adamw"]["forward"].model.config.scheduler)
+    batches = [b for e in range(steps // order.per_epoch + 1) for b in order.batches(e)][:steps]
+    for step, items in enumerate(batches):
+        batch = {k: torch.stack([dataset[i][k] for i in items]) for k in ("pixels", "reference", "control", "masks")}
+        for kind in (kinds if step % 2 == 0 else kinds[::-1]):
+            r = runs[kind]
+            t = time.process_time()
+            out = training_losses(r["forward"], encoders, batch, sched, r["noise"], r["cfg"], True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in r["named"]], 1.0)
+            r["opt"].step()
+            r["opt"].zero_grad(set_to_none=True)
+            r["cpu"] += time.process_time() - t
+            r["losses"].append(out["loss"].item())
+    ref = runs["adamw"]
+    ref_loss = sum(ref["losses"][-10:]) / 10
+    lines = [f"optimizers, tiny stage 1 ({sum(p.numel() for _, p in ref['named']) / 1e6:.2f}M trained), batch 8, "
+             f"{steps} steps, same seed, batches and noise, CPU time per step (round-robin in one process):",
+             "| optimizer | state | state / AdamW | step time / AdamW | loss (last 10) / AdamW |",
+             "|---|---|---|---|---|"]
+    for kind, r in runs.items():
+        state = optimizer_state_bytes(r["opt"])
+        loss = sum(r["losses"][-10:]) / 10
+        lines.append(f"| {kind} | {state / MIB:.2f} MiB | {state / optimizer_state_bytes(ref['opt']):.2f}x | "
+                     f"{r['cpu'] / ref['cpu']:.2f}x | {loss / ref_loss:.3f} |")
+    return lines
+
+
+def plan_figures() -> list[str]:
+    """SD-1.5 stage 1 per GPU from `trainer plan` (meta tensors), for each optimizer, in 24 GiB."""
+    from trainer.config import load_config
+    from trainer.plan import GIB, estimate
+
+    cfg = load_config(REPO / "trainer" / "configs" / "sd15_stage1.yaml").replace(batch_size=1)
+    lines = ["SD-1.5 stage 1, bf16, gradient checkpointing, 512px, per GPU (`trainer plan`, computed):",
+             "| optimizer | state | peak at batch 1 | largest batch in 24 GiB |", "|---|---|---|---|"]
+    for kind in OPTIMIZERS:
+        plan = estimate(cfg.replace(optimizer=kind))
+        lines.append(f"| {kind} | {plan.optimizer_state / GIB:.2f} GiB | {plan.total(1) / GIB:.2f} GiB | "
+                     f"{plan.largest_batch(24 * GIB)} |")
     return lines
 
 
@@ -127,6 +173,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--size", type=int, default=64, help="clip size in pixels")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the children")
+    parser.add_argument("--opt-steps", type=int, default=60, help="steps of the optimizer comparison")
+    parser.add_argument("--only", choices=("throughput", "optimizers"), default=None)
     parser.add_argument("--child", nargs=2, metavar=("WORK", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -141,7 +189,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         prepare(work, args.size)
-        for case in CASES:
+        for case in CASES if args.only != "optimizers" else ():
             out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", str(work), case],
                                  env=env, capture_output=True, text=True, timeout=1800)
             lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
@@ -152,8 +200,12 @@ def main() -> None:
             print(f"{case} (tiny, {args.size}px, batch {r['samples']}): {r['steps_per_s']:.2f} steps/s "
                   f"({r['steps_per_s'] * r['samples']:.1f} samples/s), peak RSS +{r['peak_rss'] / MIB:.0f} MiB{gpu}",
                   flush=True)
-    for line in optimizer_figures():
-        print(line)
+        if args.only != "throughput":
+            import torch
+
+            torch.set_num_threads(args.threads or 1)
+            for line in optimizer_table(work, args.opt_steps) + [""] + plan_figures():
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

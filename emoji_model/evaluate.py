@@ -429,8 +429,11 @@ def self_reenactment(model, vae, image_encoder, frames: np.ndarray, controls: np
 
 def reference_following(model, vae, image_encoder, portraits: dict[str, np.ndarray], settings, *,
                         keys: str, frames: int = 48, size: int = 64, compare_size: int = 64, face_model=None,
-                        runtime=None) -> dict[str, Any]:
+                        crop_margin: float | None = 1.6, runtime=None) -> dict[str, Any]:
     """Animate every portrait with the same keyed expression; how much each video takes after its own reference.
+
+    Each portrait is first cropped around its face (``crop_margin`` × the face box, as the Crop Face node
+    and the trainer's clips; None animates the whole image).
 
     ``l1[i][j]``: mean absolute difference (0..1, at ``compare_size``²) between video i and reference j;
     ``ratio[i]`` = l1[i][i] / min over j≠i of l1[i][j] (below 1: closer to its own reference than to any
@@ -453,6 +456,12 @@ def reference_following(model, vae, image_encoder, portraits: dict[str, np.ndarr
     for name in names:
         image = portraits[name]
         track = extract_image(image, face_model=face_model, what=f"portrait '{name}'", runtime=runtime)
+        if crop_margin is not None:  # the landmarks move into the crop with it: no second detection
+            from .crop import crop_face
+
+            cropped, _, track = crop_face(image[None], track, margin=crop_margin, size=max(size, 256),
+                                          runtime=runtime)
+            image = (np.clip(cropped[0], 0, 1) * 255 + 0.5).astype(np.uint8)
         aligned = align_motion(track, animate_face(track, keys, frames=frames, fps=24.0), runtime=runtime)
         controls = LazyControls(aligned, (size, size))
         pixels = fit_to_size(image_to_pixels(image), (size, size))[0].permute(1, 2, 0).numpy()  # c h w -> h w c

@@ -150,6 +150,10 @@ def test_cli_demo_animates_the_portrait_it_is_given(tmp_path, face_task, monkeyp
     frames, _ = read_video(tmp_path / "demo.mp4")
     assert frames.shape == (4, 512, 4 * 512, 3)
     assert np.abs(frames[0, :, :512].astype(int) - portrait).mean() < 6
+    # The generated face is pasted back into that portrait: away from the face it is the portrait itself.
+    generated = frames[:, :, 3 * 512:].astype(int)
+    assert np.abs(generated[:, 400:, :] - portrait[400:]).mean() < 6
+    assert np.abs(generated[:, 80:200, 220:320] - portrait[80:200, 220:320]).mean() > 3  # the face is new
 
 
 def test_help_lists_the_commands_without_heavy_imports():

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from emoji_model.cli import main_exit, run_cli
 
-COMMANDS: list[str] = ["prepare", "train", "export"]
+COMMANDS: list[str] = ["prepare", "train", "plan", "export"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 from emoji_model.errors import InvalidRequestError
 
 STAGES = (1, 2)
-OPTIMIZERS = ("adamw", "adamw8bit", "galore")
+OPTIMIZERS = ("adamw", "adamw8bit", "galore", "coap", "coap8bit")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("no", "fp16", "bf16")
 FFG_SPACES = ("latent", "v")
@@ -48,6 +48,7 @@ class TrainConfig:
     init_motion_module: str | None = None  # AnimateDiff motion modules (mm_sd_v15_v2.ckpt) -> temporal layers
     image_encoder: str | None = None      # CLIP vision encoder (sd-image-variations image_encoder/), frozen
     vae: str | None = None                # SD VAE (sd-vae-ft-mse), frozen
+    appearance_from_unet: bool = True     # a fresh appearance net starts as a copy of the UNet (as SD-initialised ones do)
     trainable: list[str] | None = None    # parameter groups to train; null = the stage's default (see below)
     # Groups: appearance, unet_spatial (conv_in's latent channels but not its covered-latent inputs),
     # unet_temporal, unet_cover_in (only conv_in's covered-latent input channels), unet_conv_in (all of
@@ -72,10 +73,17 @@ class TrainConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     grad_clip: float = 1.0                # max global gradient norm; 0 = off
-    optimizer: str = "adamw"              # "adamw", "adamw8bit" (bitsandbytes, CUDA) or "galore" (low-rank moments)
+    optimizer: str = "adamw"              # "adamw", "galore", "coap" (low-rank moments); "adamw8bit", "coap8bit" (bitsandbytes)
     galore_rank: int = 128                # rank of the gradient projection of each matrix
     galore_update_every: int = 200        # steps between SVD refreshes of the projection
     galore_scale: float = 0.25            # scale of the projected-back update (GaLore's alpha)
+    # COAP (optimizer: coap or coap8bit; trainer/coap.py). The defaults keep ~1/3 of AdamW's state.
+    coap_rank: int | None = None          # fixed rank of every matrix's projection; null = smaller side / coap_rank_ratio
+    coap_rank_ratio: float = 4.0          # matrices (and 1x1 convs): rank = min(m, n) / ratio
+    coap_conv_rank_ratio: float = 4.0     # 3x3 convs: Tucker-2 core = kernel / ratio (each channel mode / sqrt(ratio))
+    coap_update_interval: int = 32        # steps between correlation-aware updates of the projection (paper's T_u)
+    coap_reproject_factor: int = 5        # every N-th update is a randomized-SVD refresh instead (paper: T = T_u x N)
+    coap_scale: float = 2.0               # scale of the projected-back update; ~sqrt(rank ratio) gives AdamW's step size
     mixed_precision: str = "no"           # accelerate's mixed precision: "no", "fp16" or "bf16"
     gradient_checkpointing: bool = False  # recompute activations in backward (needed for SD-1.5 on 24 GB)
     ema_decay: float = 0.0                # EMA of the trained parameters; 0 = off (e.g. 0.9999)
@@ -175,6 +183,12 @@ class TrainConfig:
             p.append(f"lr must be positive, got {self.lr}")
         if self.galore_rank < 1 or self.galore_update_every < 1:
             p.append("galore_rank and galore_update_every must be at least 1")
+        if self.coap_rank is not None and self.coap_rank < 1:
+            p.append(f"coap_rank must be at least 1 or null, got {self.coap_rank}")
+        if self.coap_rank_ratio < 1 or self.coap_conv_rank_ratio < 1:
+            p.append("coap_rank_ratio and coap_conv_rank_ratio must be at least 1")
+        if self.coap_update_interval < 1 or self.coap_reproject_factor < 1:
+            p.append("coap_update_interval and coap_reproject_factor must be at least 1")
         if self.trainable is not None:
             bad = [g for g in self.trainable if g not in TRAINABLE_GROUPS]
             if bad or not self.trainable:

@@ -51,8 +51,8 @@ def write_training_inputs(folder: Path, held_out: Path) -> None:
         Image.fromarray(face).save(folder / "lfw" / f"face_{i:03d}.png")
 
 
-def make_demo(out: Path, *, size: int = 64, stage1_steps: int = 3000, stage2_steps: int = 600,
-              vae_steps: int = 1200, clip_steps: int = 600, seed: int = 0, work: Path | None = None,
+def make_demo(out: Path, *, size: int = 64, stage1_steps: int = 4000, stage2_steps: int = 600,
+              vae_steps: int = 2400, clip_steps: int = 800, seed: int = 0, work: Path | None = None,
               encoders: Path | None = None) -> list[Path]:
     """Build the bundled files; returns their paths (the model file, the VAE folder, the CLIP folder)."""
     import torch
@@ -118,16 +118,22 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(PACK_ROOT / "emoji_model" / "assets" / "demo_tiny.safetensors"),
                         help="model file to write; demo_vae/ and demo_clip/ go beside it")
     parser.add_argument("--size", type=int, default=64, help="training size in pixels (default 64)")
-    parser.add_argument("--stage1-steps", type=int, default=3000)
+    parser.add_argument("--stage1-steps", type=int, default=4000)
     parser.add_argument("--stage2-steps", type=int, default=600)
-    parser.add_argument("--vae-steps", type=int, default=1200)
-    parser.add_argument("--clip-steps", type=int, default=600)
+    parser.add_argument("--vae-steps", type=int, default=2400)
+    parser.add_argument("--clip-steps", type=int, default=800)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=None, help="keep the dataset and runs in this folder (default: a temporary one)")
     parser.add_argument("--encoders", default=None, metavar="DIR",
                         help="reuse fitted encoders (DIR/vae, DIR/clip) instead of fitting them again")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: these small networks train fastest on one thread, "
+                             "and more only add overhead on a busy machine)")
     args = parser.parse_args(argv)
     setup_logging(0)
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
     files = make_demo(Path(args.out), size=args.size, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
                       vae_steps=args.vae_steps, clip_steps=args.clip_steps, seed=args.seed,
                       work=Path(args.work) if args.work else None,

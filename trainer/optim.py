@@ -1,4 +1,6 @@
-"""Optimisation: the learning-rate function, AdamW / 8-bit AdamW / GaLore-style AdamW, EMA, state sizes.
+"""Optimisation: the learning-rate function, AdamW / 8-bit AdamW / GaLore-style AdamW / COAP, EMA, state sizes.
+
+COAP (correlation-aware projected moments, optionally 8-bit) lives in :mod:`trainer.coap`.
 
 :class:`GaLoreAdamW` is written after the idea of GaLore (Zhao et al. 2024, "GaLore: Memory-Efficient
 LLM Training by Gradient Low-Rank Projection"): for a weight matrix W ∈ R^{m×n} (a conv kernel is viewed
@@ -121,9 +123,19 @@ def build_optimizer(named: list[tuple[str, torch.nn.Parameter]], cfg: TrainConfi
         try:
             import bitsandbytes as bnb
         except ImportError:
-            raise InvalidRequestError("optimizer 'adamw8bit' needs bitsandbytes (pip install bitsandbytes; CUDA "
-                                      "only); or use optimizer 'galore', which needs nothing else") from None
+            raise InvalidRequestError("optimizer 'adamw8bit' needs the bitsandbytes package (pip install "
+                                      "bitsandbytes; it runs on CPU and CUDA); or use optimizer 'coap' or 'galore', "
+                                      "which need nothing else") from None
         return bnb.optim.AdamW8bit(groups, **kw)
+    if cfg.optimizer in ("coap", "coap8bit"):
+        from .coap import COAPAdamW
+
+        # Matrices and kernels are projected (each by its own layout), biases and norms get AdamW.
+        groups[0]["project"], groups[1]["project"] = True, False
+        return COAPAdamW(groups, **kw, rank=cfg.coap_rank, rank_ratio=cfg.coap_rank_ratio,
+                         conv_rank_ratio=cfg.coap_conv_rank_ratio, update_interval=cfg.coap_update_interval,
+                         reproject_factor=cfg.coap_reproject_factor, scale=cfg.coap_scale,
+                         eight_bit=cfg.optimizer == "coap8bit", seed=cfg.seed)
     # GaLore: matrices in their own group with a rank, the rest plain AdamW.
     projected = [p for _, p in named if galore_applies(p, cfg.galore_rank)]
     ids = {id(p) for p in projected}
@@ -144,14 +156,30 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return total
 
 
-def estimated_state_bytes(shapes: Iterable[torch.Size], optimizer: str = "adamw", rank: int = 128) -> int:
-    """Optimizer state bytes for parameters of ``shapes`` in fp32, without allocating (moments + projector)."""
+BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit states for smaller tensors
+
+
+def estimated_state_bytes(shapes: Iterable[torch.Size], optimizer: str = "adamw", rank: int = 128,
+                          cfg: TrainConfig | None = None) -> int:
+    """Optimizer state bytes for parameters of ``shapes``, without allocating (moments + projections).
+
+    ``rank`` is GaLore's; COAP's settings come from ``cfg`` (the defaults when None).
+    """
+    from . import coap
+
+    cfg = cfg if cfg is not None else TrainConfig()
     total = 0
     for shape in shapes:
         numel = math.prod(shape)
         if optimizer == "galore" and len(shape) >= 2 and min(_as_matrix_shape(shape)) > rank:
             m, n = _as_matrix_shape(shape)
             total += 4 * (2 * max(m, n) * rank + min(m, n) * rank)
+        elif optimizer in ("coap", "coap8bit"):
+            total += coap.state_bytes(shape, cfg.coap_rank, cfg.coap_rank_ratio, cfg.coap_conv_rank_ratio,
+                                      optimizer == "coap8bit")
+        elif optimizer == "adamw8bit" and numel >= BNB_MIN_8BIT_SIZE:
+            # two uint8 moments, an fp32 absmax per 256 values each, two 256-entry fp32 code tables
+            total += 2 * (numel + 4 * math.ceil(numel / 256) + 4 * 256)
         else:
             total += 4 * 2 * numel
     return total

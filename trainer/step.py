@@ -69,6 +69,9 @@ def build_model(cfg, checkpoint: Path | None = None) -> FollowYourEmoji:
         preset = FYEConfig.sd15 if cfg.model == "sd15" else FYEConfig.tiny
         torch.manual_seed(cfg.seed)  # fresh layers start the same in every process
         model = build_networks(preset(**overrides), "cpu")
+        if cfg.appearance_from_unet and not cfg.init_sd_unet:
+            log.info("appearance net starts as a copy of the UNet's spatial layers (%d tensors)",
+                     appearance_from_unet(model))
     if cfg.init_sd_unet:
         base = resolve_unet_file(cfg.init_sd_base) if cfg.init_sd_base else None
         updated = load_sd_unet(model, resolve_unet_file(cfg.init_sd_unet), base=base)
@@ -77,6 +80,29 @@ def build_model(cfg, checkpoint: Path | None = None) -> FollowYourEmoji:
         updated = load_motion_module(model, cfg.init_motion_module)
         log.info("motion modules %s -> %d tensors", cfg.init_motion_module, len(updated))
     return model.float()
+
+
+@torch.no_grad()
+def appearance_from_unet(model: FollowYourEmoji) -> int:
+    """Copy the UNet's spatial weights (and its image prompt) into the appearance net; returns the tensor count.
+
+    The paper's appearance net starts as a copy of the SD UNet, so its banks begin in the space of the
+    UNet's own self-attention inputs and reference attention works from the first step; two independent
+    random networks would first have to discover each other. conv_in takes the latent channels only.
+    """
+    unet = dict(model.unet.named_parameters())
+    prompt = dict(model.image_prompt.named_parameters())
+    copied = 0
+    for name, p in model.appearance.named_parameters():
+        source = prompt.get(name[len("image_prompt."):]) if name.startswith("image_prompt.") else unet.get(name)
+        if source is None:
+            continue
+        if name == "conv_in.weight":
+            source = source[:, :p.shape[1]]
+        if source.shape == p.shape:
+            p.copy_(source)
+            copied += 1
+    return copied
 
 
 def trainable_elements(model: FollowYourEmoji, groups: list[str]) -> dict[str, torch.Tensor | None]:

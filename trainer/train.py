@@ -179,8 +179,15 @@ def train(cfg, *, stop_at: int | None = None, explicit_keys: set[str] | None = N
     use_tb = cfg.tensorboard == "true" or (cfg.tensorboard == "auto" and is_tensorboard_available())
     accelerator = Accelerator(
         cpu=_cpu_processes(), mixed_precision=cfg.mixed_precision, log_with="tensorboard" if use_tb else None,
-        project_dir=str(run_dir), kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)])
+        project_dir=str(run_dir), kwargs_handlers=[DistributedDataParallelKwargs(
+            find_unused_parameters=cfg.find_unused_parameters, gradient_as_bucket_view=True)])  # one copy of the grads
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        from emoji_model.errors import InvalidRequestError
+
+        raise InvalidRequestError(f"the trainer runs data parallel (DDP) only, not {accelerator.distributed_type.name}: "
+                                  "use trainer/configs/accelerate/multi_gpu.yaml, and optimizer coap or coap8bit "
+                                  "where AdamW's state does not fit (see `python -m trainer plan`)")
     if not accelerator.is_main_process:
         logging.getLogger("emoji_model").setLevel(logging.WARNING)
     random.seed(cfg.seed + rank)
