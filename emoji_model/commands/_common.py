@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 
 
 def add_face_options(parser: argparse.ArgumentParser, where: str = "") -> None:
@@ -35,15 +34,20 @@ def track_from_path(path: str | Path, face_index: int = 0, face_model: str | Non
     return extract_file(path, face_index=face_index, face_model=face_model)
 
 
-def write_render(path: str | Path, frames: np.ndarray, fps: float) -> Path:
-    """Write renders [N, H, W, 3]: the first frame as an image for image suffixes, else an mp4."""
+def write_render(path: str | Path, track, fps: float, *, contour: bool = False, outer_lips: bool = False) -> Path:
+    """Write the control images of ``track``: its first frame as an image for image suffixes, else an mp4.
+
+    Frames are drawn one at a time and streamed to the writer: memory does not grow with the track.
+    """
     from PIL import Image
 
+    from ..landmarks import iter_controls
     from ..video import is_image_file, write_video
 
     path = Path(path)
+    frames = iter_controls(track, include_contour=contour, outer_lips=outer_lips)
     if is_image_file(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(frames[0]).save(path)
+        Image.fromarray(next(frames)).save(path)
         return path
     return write_video(path, frames, fps if fps and fps > 0 else 25.0)

@@ -41,7 +41,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Extract (or load) both tracks, align, save, optionally render at the reference size."""
     from ..align import align_motion
-    from ..landmarks import render_controls
 
     start = time.perf_counter()
     reference = track_from_path(args.reference, args.face_index, args.face_model)
@@ -54,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
     log.info("aligned %d driving frames onto the %dx%d reference in %.3f s (landmarks %.2f s) -> %s",
              len(aligned), *aligned.size, time.perf_counter() - extracted, extracted - start, args.out)
     if args.render:
-        frames = render_controls(aligned, include_contour=args.contour, outer_lips=args.outer_lips)
-        log.info("render -> %s", write_render(args.render, frames, aligned.fps))
+        log.info("render -> %s", write_render(args.render, aligned, aligned.fps, contour=args.contour,
+                                              outer_lips=args.outer_lips))
     return 0

@@ -56,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..editor import animate_face
     from ..errors import InvalidRequestError
-    from ..landmarks import render_controls
 
     keys = args.keys
     if args.keys_file:
@@ -73,6 +72,6 @@ def run(args: argparse.Namespace) -> int:
     log.info("edited %d frames of a %dx%d face in %.3f s (landmarks %.2f s) -> %s", len(edited), *edited.size,
              time.perf_counter() - extracted, extracted - start, args.out)
     if args.render:
-        frames = render_controls(edited, include_contour=args.contour, outer_lips=args.outer_lips)
-        log.info("render -> %s", write_render(args.render, frames, edited.fps))
+        log.info("render -> %s", write_render(args.render, edited, edited.fps, contour=args.contour,
+                                              outer_lips=args.outer_lips))
     return 0

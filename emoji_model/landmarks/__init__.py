@@ -27,6 +27,7 @@ from .render import (
     PART_COLORS,
     PUPIL_COLOR,
     REFERENCE_SIZE,
+    iter_controls,
     line_width,
     pupil_half_width,
     render_controls,
@@ -53,6 +54,6 @@ __all__ = [
     "Face", "FaceLandmarker", "FaceTrack", "Topology",
     "as_rgb_uint8", "empty_track", "expression_mask", "extract_auto", "extract_controls", "extract_file",
     "extract_image", "extract_stills", "extract_video", "eye_aperture", "face_masks", "face_width",
-    "facial_mask", "fill_invalid", "line_width", "neutral_frame", "pupil_half_width", "render_controls",
+    "facial_mask", "fill_invalid", "iter_controls", "line_width", "neutral_frame", "pupil_half_width", "render_controls",
     "render_frame", "resolve_face_model", "topology",
 ]

@@ -5,6 +5,7 @@ The networks see the eyes, eyebrows, inner lips and pupils, without the face con
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -102,3 +103,11 @@ def render_controls(track: FaceTrack, size: tuple[int, int] | None = None, *, in
                          image=out[i])
             bar.update()
     return out
+
+
+def iter_controls(track: FaceTrack, size: tuple[int, int] | None = None, *, include_contour: bool = False,
+                  outer_lips: bool = False) -> Iterator[np.ndarray]:
+    """Control images uint8 [H, W, 3] of every frame, one at a time (for streaming to a video writer)."""
+    w, h = size or track.size
+    for i in range(len(track)):
+        yield render_frame(track.points[i], (w, h), include_contour=include_contour, outer_lips=outer_lips)
