@@ -53,14 +53,15 @@ def main() -> int:
     parser.add_argument("--image-encoder", default=None)
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=3.5)
+    parser.add_argument("--cfg", type=float, default=None, help="default: the bundled model's setting")
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--noise-share", type=float, default=None, help="default: the bundled model's setting")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     import torch
 
-    from emoji_model.bundled import load_bundled
+    from emoji_model.bundled import BUNDLED_SAMPLING, load_bundled
     from emoji_model.checkpoints import load_clip_vision, load_model, load_vae
     from emoji_model.commands.demo import DEMO_KEYS
     from emoji_model.evaluate import reference_following
@@ -73,7 +74,10 @@ def main() -> int:
         model, vae, encoder = load_bundled()
     start = time.perf_counter()
     result = reference_following(model, vae, encoder, held_out_portraits(),
-                                 SamplerSettings(steps=args.steps, cfg=args.cfg, window=16, overlap=4),
+                                 SamplerSettings(steps=args.steps, window=16, overlap=4,
+                                                 cfg=BUNDLED_SAMPLING["cfg"] if args.cfg is None else args.cfg,
+                                                 noise_share=BUNDLED_SAMPLING["noise_share"] if args.noise_share is None
+                                                 else args.noise_share),
                                  keys=DEMO_KEYS, frames=args.frames, size=args.size,
                                  face_model=str(SHARED / "data" / "face_landmarker.task"))
     names = result["names"]

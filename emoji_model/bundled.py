@@ -16,6 +16,9 @@ BUNDLED_VAE = ASSETS / "demo_vae"                     # diffusers AutoencoderKL,
 BUNDLED_IMAGE_ENCODER = ASSETS / "demo_clip"          # transformers CLIPVisionModelWithProjection folder
 BUNDLED_FILES = (BUNDLED_WEIGHTS, BUNDLED_VAE, BUNDLED_IMAGE_ENCODER)
 BUNDLED_SIZE = 64                                     # the resolution it was trained at (pixels, square)
+# How the bundled model samples best: one starting noise for every frame (its temporal layers are small, so
+# independent noise flickers more than the landmarks move), no guidance beyond the reference itself.
+BUNDLED_SAMPLING = {"steps": 20, "cfg": 1.5, "noise_share": 1.0}
 BUNDLED_NOTICE = ("the bundled 64-pixel model made by this pack's trainer (a demonstration model, not a "
                   "substitute for SD-1.5-size weights)")
 

@@ -154,21 +154,28 @@ def _check_sizes(model, reference, control) -> tuple[int, int]:
 
 
 def starting_noise(shape: tuple[int, ...], seed: int, device, *, noise: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None, frames: list[int] | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, frames: list[int] | None = None,
+                   share: float = 0.0) -> torch.Tensor:
     """The starting noise [1,4,n,h,w] (float32) of the ``frames`` of a track of ``shape`` = (1,4,F,h,w).
 
     ``noise`` over the whole track ([1,4,F,h,w] as diffusers' video pipelines, or [F,4,h,w] as the latents
     this module returns) is used as given; else ``generator`` draws the track's noise in one
     ``torch.randn`` call, as diffusers' pipelines (and the released one) do; else every frame gets its own
-    seeded noise (:func:`~emoji_model.sampling.initial_noise`), whatever the track length.
+    seeded noise (:func:`~emoji_model.sampling.initial_noise`), whatever the track length. ``share``
+    (SamplerSettings.noise_share) mixes one draw common to all frames into the noise drawn here, with the
+    same weights as ``initial_noise``; a given ``noise`` is already what the caller wants and stays as is.
     """
     import torch
 
     if noise is None and generator is not None:
         noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+        if share:  # drawn after the track's noise: share 0 keeps the released draw order
+            common = torch.randn((*shape[:2], 1, *shape[3:]), generator=generator, device=generator.device,
+                                 dtype=torch.float32)
+            noise = (share ** 0.5) * common + ((1 - share) ** 0.5) * noise
     if noise is None:
         count = len(frames) if frames is not None else shape[2]
-        return initial_noise((1, shape[1], count, *shape[3:]), seed, device, torch.float32, frames)
+        return initial_noise((1, shape[1], count, *shape[3:]), seed, device, torch.float32, frames, share=share)
     if noise.ndim == 4:
         noise = noise.permute(1, 0, 2, 3)[None]  # "f c h w -> 1 c f h w"
     if tuple(noise.shape) != tuple(shape):
@@ -206,7 +213,8 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
         cond = conditioning(reference, feats, settings.cfg, model)
         scheduler = make_model_scheduler(model, settings)
         scheduler.set_timesteps(settings.steps, device=device)
-        noise = starting_noise((1, 4, num, h, w), settings.seed, device, noise=noise, generator=generator)
+        noise = starting_noise((1, 4, num, h, w), settings.seed, device, noise=noise, generator=generator,
+                               share=settings.noise_share)
         denoiser = make_denoiser(model, cond, settings.cfg, settings.temporal, dtype=dtype)
         total = count_windows(num, settings.window, settings.overlap, settings.steps)
         with rt.progress(total, "sampling") as bar:
@@ -255,13 +263,15 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
     total += settings.steps * len(gaps)
 
     if noise is None and generator is not None:  # one draw for the whole track, as diffusers' pipelines
-        noise = starting_noise((1, 4, num, h, w), settings.seed, "cpu", generator=generator)
+        noise = starting_noise((1, 4, num, h, w), settings.seed, "cpu", generator=generator,
+                               share=settings.noise_share)
 
     feats = LandmarkFeatures(model, control, device, dtype, store=rt.offload_device())
     video = conditioning(reference, feats, settings.cfg, model)
 
     def run(frames: list[int], known=None, covered=None, mask=None, bar=None):
-        init = starting_noise((1, 4, num, h, w), settings.seed, device, noise=noise, frames=frames)
+        init = starting_noise((1, 4, num, h, w), settings.seed, device, noise=noise, frames=frames,
+                              share=settings.noise_share)
         sched = make_model_scheduler(model, settings)
         sched.set_timesteps(settings.steps, device=device)
         cond = replace(video, landmark_features=feats.of(frames))

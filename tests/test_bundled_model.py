@@ -12,7 +12,7 @@ def following(face_task):
     import torch
     from skimage import data
 
-    from emoji_model.bundled import load_bundled
+    from emoji_model.bundled import BUNDLED_SAMPLING, load_bundled
     from emoji_model.commands.demo import DEMO_KEYS
     from emoji_model.evaluate import reference_following
     from emoji_model.sampling import SamplerSettings
@@ -25,9 +25,9 @@ def following(face_task):
     torch.set_num_threads(1)
     try:
         model, vae, encoder = load_bundled()
-        return reference_following(model, vae, encoder, {"astronaut": astronaut, "stylised": styled},
-                                   SamplerSettings(steps=10, window=16, overlap=4), keys=DEMO_KEYS, frames=24,
-                                   face_model=str(face_task))
+        settings = SamplerSettings(**{**BUNDLED_SAMPLING, "steps": 10}, window=16, overlap=4)
+        return reference_following(model, vae, encoder, {"astronaut": astronaut, "stylised": styled}, settings,
+                                   keys=DEMO_KEYS, frames=24, face_model=str(face_task))
     finally:
         torch.set_num_threads(old)
 

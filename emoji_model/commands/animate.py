@@ -26,6 +26,9 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=16, help="frames per temporal window (default 16)")
     parser.add_argument("--overlap", type=int, default=4, help="frames shared by neighbouring windows")
     parser.add_argument("--fusion", default="pyramid", choices=["pyramid", "flat"])
+    parser.add_argument("--noise-share", type=float, default=None, metavar="S",
+                        help="share of the starting noise common to all frames, 0..1 (0 as released: each frame "
+                             "its own; 1: one noise for all, least flicker; default 0, 1 for the bundled model)")
     parser.add_argument("--size", type=int, default=0,
                         help="square output size in pixels, a multiple of 8 (default: the size the checkpoint "
                              "was trained at, 512 when it does not say)")
@@ -58,7 +61,8 @@ def settings_from_args(args: argparse.Namespace):
     from ..sampling import SamplerSettings
 
     return SamplerSettings(steps=args.steps, cfg=args.cfg, scheduler=args.scheduler, seed=args.seed,
-                           window=args.window, overlap=args.overlap, fusion=args.fusion)
+                           window=args.window, overlap=args.overlap, fusion=args.fusion,
+                           noise_share=args.noise_share or 0.0)
 
 
 def load_networks(args: argparse.Namespace, runtime):
@@ -83,6 +87,7 @@ def load_networks(args: argparse.Namespace, runtime):
 def run(args: argparse.Namespace) -> int:
     """Landmarks → alignment → sampling → decoding, streamed into an mp4 written atomically."""
     from ..align import align_motion
+    from ..bundled import is_bundled
     from ..landmarks import extract_image
     from ..pipeline import animate
     from ..runtime import default_runtime
@@ -100,6 +105,13 @@ def run(args: argparse.Namespace) -> int:
     model, vae, encoder, device, dtype, trained = load_networks(args, rt)
     size = args.size or trained or 512
     settings = settings_from_args(args)
+    if args.noise_share is None and (args.weights is None or is_bundled(rt.find_model("follow_your_emoji",
+                                                                                       args.weights))):
+        from dataclasses import replace
+
+        from ..bundled import BUNDLED_SAMPLING
+
+        settings = replace(settings, noise_share=BUNDLED_SAMPLING["noise_share"])
     frames = animate(model, image, aligned, vae, encoder, settings=settings, size=(size, size),
                      long=args.long, keyframe_stride=args.keyframe_stride or None, device=device, dtype=dtype,
                      runtime=rt)

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from skimage import data
 
     from ..align import align_motion
+    from ..bundled import BUNDLED_SAMPLING
     from ..crop import crop_face, paste_back
     from ..editor import animate_face
     from ..landmarks import extract_image, extract_video, render_frame
@@ -115,8 +116,9 @@ def run(args: argparse.Namespace) -> int:
     if args.generate:
         model, vae, encoder, size, real, device, dtype = _networks(args, rt)
         lap("load")
-        settings = SamplerSettings(steps=args.steps or (30 if real else 20), window=min(16, model.max_frames),
-                                   overlap=4)
+        tuned = {} if real else dict(BUNDLED_SAMPLING)
+        settings = SamplerSettings(**{**tuned, "steps": args.steps or tuned.get("steps", 30)},
+                                   window=min(16, model.max_frames), overlap=4)
         # As the example graphs do: crop the face (the bundled model was trained on face crops of 1.6× the
         # face box), animate the crop, paste it back into the portrait with a mask that follows the face.
         crop, info, crop_track = crop_face(reference[None], ref_track, margin=1.8 if real else 1.6, size=size,

@@ -32,7 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=0, help="square size in pixels (default: the checkpoint's "
                         "training size, 64 for the bundled model, else 512)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    parser.add_argument("--cfg", type=float, default=3.5, help="classifier-free guidance (default 3.5)")
+    parser.add_argument("--cfg", type=float, default=None,
+                        help="classifier-free guidance (default 3.5; the bundled model's own setting for it)")
+    parser.add_argument("--noise-share", type=float, default=None,
+                        help="share of the starting noise common to all frames (default 0; 1 for the bundled model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window", type=int, default=16, help="frames per temporal window (default 16)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..align import align_motion
+    from ..bundled import BUNDLED_SAMPLING
     from ..evaluate import generate_frames, score_video, self_reenactment
     from ..landmarks import extract_image, extract_video
     from ..pipeline import LazyControls
@@ -113,8 +117,11 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model, vae, encoder, size, bundled = load_for_evaluation(args, rt)
     dtype = rt.choose_dtype(args.dtype) if not bundled else torch.float32
-    settings = SamplerSettings(steps=args.steps, cfg=args.cfg, seed=args.seed,
-                               window=min(args.window, model.max_frames), overlap=min(4, args.window // 4))
+    tuned = BUNDLED_SAMPLING if bundled else {"cfg": 3.5, "noise_share": 0.0}
+    settings = SamplerSettings(steps=args.steps, cfg=tuned["cfg"] if args.cfg is None else args.cfg,
+                               noise_share=tuned["noise_share"] if args.noise_share is None else args.noise_share,
+                               seed=args.seed, window=min(args.window, model.max_frames),
+                               overlap=min(4, args.window // 4))
     networks = metric_networks(args, rt)
     cross = args.reference is not None
 
@@ -150,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
                                              landmarks=args.landmarks, dtype=dtype, runtime=rt)
         reference, third = truth[0], truth[1:]
     report.info.update({"weights": "bundled" if bundled else str(args.weights), "size": size,
-                        "steps": settings.steps, "cfg": settings.cfg, "seed": settings.seed,
+                        "steps": settings.steps, "cfg": settings.cfg, "noise_share": settings.noise_share,
+                        "seed": settings.seed,
                         "driving": str(args.driving), "reference": args.reference,
                         "seconds": round(time.perf_counter() - start, 2)})
     result = report.as_dict()
