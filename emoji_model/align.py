@@ -124,6 +124,10 @@ def project_onto(reference: FaceTrack, canonical: np.ndarray, pose: np.ndarray,
     return points
 
 
+ALIGN_CHUNK = 128
+"""Frames aligned at once: vectorised, with temporaries bounded by this rather than by the video."""
+
+
 def align_motion(reference: FaceTrack, driving: FaceTrack, *, relative_pose: bool = True,
                  neutral: str | int = "auto", expression_scale: float = 1.0, iris_tracking: bool = True,
                  smoothing: int = 0, reference_frame: int = 0,
@@ -153,12 +157,7 @@ def align_motion(reference: FaceTrack, driving: FaceTrack, *, relative_pose: boo
     n = len(drv)
     k = resolve_neutral(drv, neutral)
 
-    # 1. Expression in canonical space.
-    ref_canonical = ref.canonical[0].astype(np.float64)                      # [478, 3]
-    drv_canonical = drv.canonical.astype(np.float64)                         # [N, 478, 3]
-    canonical = ref_canonical + expression_scale * (drv_canonical - drv_canonical[k])
-
-    # 2. Head pose.
+    # 2. Head pose (for every frame: small).
     ref_pose = ref.pose[0].astype(np.float64)
     if relative_pose:
         drv_pose = drv.pose.astype(np.float64)
@@ -168,9 +167,18 @@ def align_motion(reference: FaceTrack, driving: FaceTrack, *, relative_pose: boo
     else:
         pose = np.repeat(ref_pose[None], n, axis=0)
 
-    # 3. Projection into the reference frame; 4. pupils at their relative place in the eye boxes.
-    source = drv.points if iris_tracking else np.repeat(ref.points, n, axis=0)
-    points = project_onto(ref, canonical, pose, iris_relative(source.astype(np.float64)))
+    # 1. Expression in canonical space; 3. projection into the reference frame; 4. pupils at their
+    # relative place in the eye boxes. Per frame, so in chunks: the float64 temporaries stay bounded.
+    ref_canonical = ref.canonical[0].astype(np.float64)                      # [478, 3]
+    drv_neutral = drv.canonical[k].astype(np.float64)                        # [478, 3]
+    canonical = np.empty(drv.canonical.shape, dtype=np.float32)              # [N, 478, 3]
+    points = np.empty(drv.points.shape, dtype=np.float32)                    # [N, 478, 3]
+    for s in range(0, n, ALIGN_CHUNK):
+        chunk = slice(s, min(s + ALIGN_CHUNK, n))
+        moved = ref_canonical + expression_scale * (drv.canonical[chunk].astype(np.float64) - drv_neutral)
+        source = drv.points[chunk] if iris_tracking else np.repeat(ref.points, chunk.stop - s, axis=0)
+        points[chunk] = project_onto(ref, moved, pose[chunk], iris_relative(source.astype(np.float64)))
+        canonical[chunk] = moved
 
     log.debug("aligned %d driving frames (neutral frame %d, relative pose %s, expression x%.2f)",
               n, k, relative_pose, expression_scale)

@@ -149,3 +149,15 @@ def test_neutral_choices_and_bad_requests():
         align_motion(faceless, driving)
     with pytest.raises(NoFaceDetectedError):
         align_motion(ast, faceless)
+
+
+def test_alignment_in_chunks_equals_one_pass(monkeypatch):
+    import emoji_model.align as al
+
+    whole = {iris: al.align_motion(astronaut_track(), driving_track(), smoothing=5, iris_tracking=iris)
+             for iris in (True, False)}
+    monkeypatch.setattr(al, "ALIGN_CHUNK", 10)  # 97 frames: ten chunks, the last one short
+    for iris, expected in whole.items():
+        chunked = al.align_motion(astronaut_track(), driving_track(), smoothing=5, iris_tracking=iris)
+        for name in ("points", "canonical", "pose"):
+            np.testing.assert_array_equal(getattr(chunked, name), getattr(expected, name))

@@ -90,9 +90,11 @@ def _first_frames(path: str, count: int, keep=None):
     """The first ``count`` frames of a video, one at a time (decoding stops there); ``keep(frame)`` sees each."""
     import itertools
 
-    from ..video import iter_video
+    from ..video import iter_video, prefetch
 
-    for frame in itertools.islice(iter_video(path), count):
+    # Decoded on prefetch's thread, as extract_file does: interleaved with MediaPipe's allocations on
+    # this thread, the decoder's frames fragment the heap and the process grows with the video.
+    for frame in itertools.islice(prefetch(iter_video(path)), count):
         if keep is not None:
             keep(frame)
         yield frame
