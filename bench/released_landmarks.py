@@ -18,10 +18,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from released_speed import worker_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FYE_SHARED", REPO.parent / "shared"))
@@ -76,12 +77,7 @@ def _launch(side: str, args: argparse.Namespace) -> dict:
     python = sys.executable if side == "ours" else str(args.released_python)
     cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--released", str(args.released),
            "--video", str(args.video), "--repeat", str(args.repeat)]
-    env = dict(os.environ, GLOG_minloglevel="2", PYTHONWARNINGS="ignore")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    line = next((ln for ln in reversed(done.stdout.splitlines()) if ln.startswith("{")), None)
-    if done.returncode or line is None:
-        sys.exit(f"the {side} worker failed:\n{done.stderr[-3000:]}")
-    return json.loads(line)
+    return worker_json(cmd, f"the {side} worker")
 
 
 def main() -> None:

@@ -127,11 +127,16 @@ def _launch(side: str, args: argparse.Namespace, profile: bool = False) -> dict:
     python = sys.executable if side == "ours" else str(args.released_python)
     cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--released", str(args.released),
            "--repeat", str(args.repeat), "--top", str(args.top)] + (["--profile"] if profile else [])
-    env = dict(os.environ, **ONE_THREAD, PYTHONWARNINGS="ignore", GLOG_minloglevel="2")
+    return worker_json(cmd, f"the {side} worker", **ONE_THREAD)
+
+
+def worker_json(cmd: list[str], what: str, **env: str) -> dict:
+    """Run a worker process and return the last JSON line it printed (exit with its stderr if it failed)."""
+    env = dict(os.environ, **env, PYTHONWARNINGS="ignore", GLOG_minloglevel="2")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     line = next((ln for ln in reversed(done.stdout.splitlines()) if ln.startswith("{")), None)
     if done.returncode or line is None:
-        sys.exit(f"the {side} worker failed:\n{done.stderr[-3000:]}")
+        sys.exit(f"{what} failed:\n{done.stderr[-3000:]}")
     return json.loads(line)
 
 
