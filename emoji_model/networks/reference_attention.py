@@ -93,11 +93,14 @@ def prepare_reference(transformers: Iterator[tuple[str, nn.Module]], prompt_toke
     ``bank_mask`` [B] bool: False clips attend to no bank (None: all do).
     """
     batch = prompt_tokens.shape[0]
-    with_bank = (tuple(bool(v) for v in bank_mask.reshape(-1).tolist()) if bank_mask is not None
-                 else (True,) * batch)
+    with_bank = (tuple(bool(v) for v in bank_mask.reshape(-1).tolist())
+                 if bank_mask is not None and not bank_mask.is_meta else (True,) * batch)
     if len(with_bank) != batch:
         raise InvalidRequestError(f"bank_mask has {len(with_bank)} entries for a batch of {batch}")
-    constant = tuple(bool((row == row[:1]).all()) for row in prompt_tokens.detach())
+    if prompt_tokens.is_meta:  # shapes only (the trainer's memory plan): no values to compare
+        constant = (False,) * batch
+    else:
+        constant = tuple(bool((row == row[:1]).all()) for row in prompt_tokens.detach())
     bank_iter = iter(banks) if banks is not None else None
     layers = {}
     for name, transformer in transformers:
