@@ -22,7 +22,8 @@ Everything happens in MediaPipe's canonical face space:
    (``absolute``, released) or at the portrait's place (``off``).
 
 :data:`RELEASED` (``rotation="absolute", translation="released", iris="absolute", lids="absolute"``)
-is the released aligner. Vectorised over frames: a 100-frame video aligns in a few milliseconds.
+is the released aligner. Vectorised over chunks of :data:`ALIGN_CHUNK` frames (memory bounded by the
+chunk, not the video): a 100-frame video aligns in a few milliseconds.
 """
 
 from __future__ import annotations
@@ -212,43 +213,54 @@ def _lid_gaps(canonical: np.ndarray) -> np.ndarray:
                      np.linalg.norm(canonical[LEFT_EYE_APERTURE[0]] - canonical[LEFT_EYE_APERTURE[1]])])
 
 
-def _expression_deltas(ref: FaceTrack, drv: FaceTrack, k: int, from_blendshapes: bool, lids: str) -> np.ndarray:
-    # Canonical-space expression of every driving frame [N, 478, 3], before regional weights.
+def _lid_gains(ref: FaceTrack, drv: FaceTrack, k: int, lids: str) -> np.ndarray | None:
+    # Per-vertex gain [478] of the driving expression (None: unscaled). The lids move as far as the
+    # driver's, as a share of each eye's opening: a blink shuts narrow eyes without the lids
+    # crossing, and wide ones all the way.
+    if lids == "absolute":
+        return None
     ref_canonical = ref.canonical[0].astype(np.float64)
+    ratio = np.clip(_lid_gaps(ref_canonical) / np.maximum(_lid_gaps(drv.canonical[k].astype(np.float64)), 1e-6),
+                    *EYE_RATIO_RANGE)                                         # [2]: right eye, left eye
+    member = memberships(ref_canonical)[:, :2]                                # [478, 2]
+    return 1.0 + member @ (ratio - 1.0)
+
+
+def _expression_deltas(ref: FaceTrack, drv: FaceTrack, k: int, frames: slice, from_blendshapes: bool,
+                       gains: np.ndarray | None) -> np.ndarray:
+    # Canonical-space expression of the driving frames ``frames`` [n, 478, 3], before regional weights.
     if from_blendshapes:
         from .editor import controls_from_blendshapes, field_deltas
 
-        return field_deltas(ref_canonical, controls_from_blendshapes(drv.blendshapes))
-    canonical = drv.canonical.astype(np.float64)
-    deltas = canonical - canonical[k]
-    if lids == "absolute":
-        return deltas
-    # The lids move as far as the driver's, as a share of each eye's opening: a blink shuts narrow
-    # eyes without the lids crossing, and wide ones all the way.
-    ratio = np.clip(_lid_gaps(ref_canonical) / np.maximum(_lid_gaps(canonical[k]), 1e-6),
-                    *EYE_RATIO_RANGE)                                         # [2]: right eye, left eye
-    member = memberships(ref_canonical)[:, :2]                                # [478, 2]
-    return deltas * (1.0 + member @ (ratio - 1.0))[None, :, None]
+        return field_deltas(ref.canonical[0].astype(np.float64), controls_from_blendshapes(drv.blendshapes[frames]))
+    deltas = drv.canonical[frames].astype(np.float64) - drv.canonical[k].astype(np.float64)
+    return deltas if gains is None else deltas * gains[None, :, None]
 
 
-def _iris_places(ref: FaceTrack, drv: FaceTrack, k: int, mode: str, strength: float,
+def _iris_places(ref: FaceTrack, drv: FaceTrack, k: int, frames: slice, mode: str, strength: float,
                  from_blendshapes: bool) -> list[np.ndarray]:
-    n = len(drv)
+    # Iris places of the driving frames ``frames`` ([right, left], each [n, 5, 2] in eye-box fractions).
+    n = len(drv.points[frames])
     own = [np.repeat(r, n, axis=0) for r in iris_relative(ref.points.astype(np.float64))]
     if mode == "off" or strength == 0.0:
         return own
     if mode == "absolute":
-        driven = iris_relative(drv.points.astype(np.float64))
+        driven = iris_relative(drv.points[frames].astype(np.float64))
         return [o + strength * (d - o) for o, d in zip(own, driven)]
     if mode != "relative":
         raise InvalidRequestError(f"iris must be one of {IRIS_MODES}, got {mode!r}")
     if from_blendshapes:
         from .editor import controls_from_blendshapes, move_iris
 
-        c = controls_from_blendshapes(drv.blendshapes)
+        c = controls_from_blendshapes(drv.blendshapes[frames])
         return move_iris(own, strength * c["pupil_x"], strength * c["pupil_y"])
-    driven = iris_relative(drv.points.astype(np.float64))
-    return [o + strength * (d - d[k:k + 1]) for o, d in zip(own, driven)]
+    driven = iris_relative(drv.points[frames].astype(np.float64))
+    neutral = iris_relative(drv.points[k:k + 1].astype(np.float64))
+    return [o + strength * (d - d0) for o, d, d0 in zip(own, driven, neutral)]
+
+
+ALIGN_CHUNK = 128
+"""Frames aligned at once: vectorised, with temporaries bounded by this rather than by the video."""
 
 
 # -- the aligner -----------------------------------------------------------------------------
@@ -304,14 +316,7 @@ def align_motion(reference: FaceTrack, driving: FaceTrack, *, rotation: str = "r
     from_blendshapes = neutral == "blendshapes" or (neutral == "auto" and n == 1)
     k = resolve_neutral(drv, neutral)
 
-    # 1. Expression in canonical space, weighted per region.
-    ref_canonical = ref.canonical[0].astype(np.float64)                      # [478, 3]
-    deltas = _expression_deltas(ref, drv, k, from_blendshapes, lids)         # [N, 478, 3]
-    weights = (np.full(len(ref_canonical), strengths.eyes) if strengths.uniform
-               else vertex_weights(ref_canonical, strengths))                # [478]
-    canonical = ref_canonical + expression_scale * weights[None, :, None] * deltas
-
-    # 2.-3. Head pose.
+    # 2.-3. Head pose (for every frame: small).
     ref_pose = ref.pose[0].astype(np.float64)
     drv_pose = drv.pose.astype(np.float64)
     rotations = head_rotations(ref_pose, drv_pose, k, rotation, strengths.head)
@@ -319,9 +324,21 @@ def align_motion(reference: FaceTrack, driving: FaceTrack, *, rotation: str = "r
                                      translation_limit)
     pose = geometry.compose_pose(rotations, translations, np.full(n, geometry.pose_scale(ref_pose)))
 
-    # 4. Projection into the reference frame; 5. pupils in the projected eye boxes.
-    places = _iris_places(ref, drv, k, iris, strengths.pupils, from_blendshapes)
-    points = project_onto(ref, canonical, pose, places)
+    # 1. Expression in canonical space, weighted per region; 4. projection into the reference frame;
+    # 5. pupils in the projected eye boxes. Per frame, so in chunks: the float64 temporaries stay bounded.
+    ref_canonical = ref.canonical[0].astype(np.float64)                      # [478, 3]
+    weights = (np.full(len(ref_canonical), strengths.eyes) if strengths.uniform
+               else vertex_weights(ref_canonical, strengths))                # [478]
+    gains = None if from_blendshapes else _lid_gains(ref, drv, k, lids)      # [478] or None
+    canonical = np.empty(drv.canonical.shape, dtype=np.float32)              # [N, 478, 3]
+    points = np.empty(drv.points.shape, dtype=np.float32)                    # [N, 478, 3]
+    for s in range(0, n, ALIGN_CHUNK):
+        chunk = slice(s, min(s + ALIGN_CHUNK, n))
+        deltas = _expression_deltas(ref, drv, k, chunk, from_blendshapes, gains)  # [n, 478, 3]
+        moved = ref_canonical + expression_scale * weights[None, :, None] * deltas
+        places = _iris_places(ref, drv, k, chunk, iris, strengths.pupils, from_blendshapes)
+        points[chunk] = project_onto(ref, moved, pose[chunk], places)
+        canonical[chunk] = moved
 
     log.debug("aligned %d driving frames (neutral %s, rotation %s, translation %s x%.2f, iris %s, %s)",
               n, "blendshapes" if from_blendshapes else f"frame {k}", rotation, translation,

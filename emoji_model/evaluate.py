@@ -90,19 +90,40 @@ def frame_fidelity(generated: np.ndarray, truth: np.ndarray) -> dict[str, float]
     """{"l1", "ssim", "psnr"} means over frames of [F,H,W,3] videos (uint8, or float in 0..1)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    g, t = _float_frames(generated), _float_frames(truth)
-    if g.shape != t.shape:
-        raise InvalidRequestError(f"generated frames {g.shape} and ground truth {t.shape} differ in shape")
-    ssim = [structural_similarity(a, b, channel_axis=-1, data_range=1.0) for a, b in zip(g, t)]
-    psnr = [peak_signal_noise_ratio(b, a, data_range=1.0) for a, b in zip(g, t)]
-    return {"l1": float(np.abs(g - t).mean()), "ssim": float(np.mean(ssim)),
+    generated, truth = np.asarray(generated), np.asarray(truth)
+    if generated.shape != truth.shape:
+        raise InvalidRequestError(f"generated frames {generated.shape} and ground truth {truth.shape} differ in shape")
+    ssim, psnr = [], []
+    for a, b in zip(generated, truth):  # frame by frame: no float copy of the whole video
+        a, b = _float_frames(a), _float_frames(b)
+        ssim.append(structural_similarity(a, b, channel_axis=-1, data_range=1.0))
+        psnr.append(peak_signal_noise_ratio(b, a, data_range=1.0))
+    return {"l1": _mean_abs_difference(generated, truth), "ssim": float(np.mean(ssim)),
             "psnr": float(np.mean(np.minimum(psnr, 100.0)))}  # identical frames: inf, reported as 100 dB
+
+
+METRIC_CHUNK = 32
+"""Frames converted to float at once by the pixel metrics: their memory follows this, not the video."""
+
+
+def _mean_abs_difference(frames: np.ndarray, other: np.ndarray) -> float:
+    """Mean |frames - other| on the 0..1 scale; ``other`` is [F,H,W,3] or one frame [H,W,3] for every frame."""
+    frames, other = np.asarray(frames), np.asarray(other)
+    total = 0.0
+    for s in range(0, len(frames), METRIC_CHUNK):
+        b = other if other.ndim == 3 else other[s:s + METRIC_CHUNK]
+        total += float(np.abs(_float_frames(frames[s:s + METRIC_CHUNK]) - _float_frames(b)).sum())
+    return total / max(frames.size, 1)
 
 
 def mean_abs_change(frames: np.ndarray) -> np.ndarray:
     """[F-1] mean absolute difference between consecutive frames (0..1 scale)."""
-    f = _float_frames(frames)
-    return np.abs(np.diff(f, axis=0)).reshape(len(f) - 1, -1).mean(axis=1)
+    frames = np.asarray(frames)
+    out = []
+    for s in range(0, max(len(frames) - 1, 0), METRIC_CHUNK):  # chunks overlapping by one frame
+        f = _float_frames(frames[s:s + METRIC_CHUNK + 1])
+        out.append(np.abs(np.diff(f, axis=0)).reshape(len(f) - 1, -1).mean(axis=1))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -223,11 +244,11 @@ def lpips_distance(generated: np.ndarray, truth: np.ndarray, backbone: str | os.
         return out
 
     values = []
-    g, t = _float_frames(generated), _float_frames(truth)
+    g, t = np.asarray(generated), np.asarray(truth)
     with torch.no_grad():
         for s in range(0, len(g), chunk):
-            a = torch.from_numpy(g[s:s + chunk]).permute(0, 3, 1, 2).float() * 2 - 1  # f h w c -> f c h w
-            b = torch.from_numpy(t[s:s + chunk]).permute(0, 3, 1, 2).float() * 2 - 1
+            a = torch.from_numpy(_float_frames(g[s:s + chunk])).permute(0, 3, 1, 2).float() * 2 - 1  # f h w c -> f c h w
+            b = torch.from_numpy(_float_frames(t[s:s + chunk])).permute(0, 3, 1, 2).float() * 2 - 1
             d = sum(head((fa - fb).square()).mean((2, 3)) for head, fa, fb in zip(heads_, features(a), features(b)))
             values.extend(d.flatten().tolist())
     return float(np.mean(values))
@@ -346,7 +367,7 @@ def score_video(generated: np.ndarray, *, controls: np.ndarray, target_points: n
     report = Report()
     generated = np.asarray(generated)
     report.info["frames"] = int(len(generated))
-    report.metrics["reference_l1"] = float(np.abs(_float_frames(generated) - _float_frames(reference)[None]).mean())
+    report.metrics["reference_l1"] = _mean_abs_difference(generated, reference)
     if len(generated) > 3:
         report.metrics["motion_corr"] = correlation(mean_abs_change(generated), mean_abs_change(controls))
         if report.metrics["motion_corr"] is None:

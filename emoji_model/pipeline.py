@@ -70,6 +70,57 @@ def landmark_features(model, control, device, dtype, chunk: int = 16, store=None
     return torch.cat(parts, dim=2)
 
 
+class LandmarkFeatures:
+    """Landmark-guider features of a track, computed when a window first asks for a frame, once per frame.
+
+    ``control`` gives control renders uint8 [n,H,W,3] when indexed by a list of frames (an array, or
+    :class:`LazyControls`, which draws them then): a frame is rendered and encoded once, in chunks of
+    ``chunk`` frames on ``device``, and kept on ``store`` (default ``device``; the host, so that the
+    accelerator holds only the window) until :meth:`release`.
+    """
+
+    def __init__(self, model, control, device, dtype, store=None, chunk: int = 16):
+        if len(control) == 0:
+            raise InvalidRequestError("the landmark track has zero frames")
+        self.model, self.control, self.device, self.dtype = model, control, device, dtype
+        self.store, self.chunk = store or device, chunk
+        self.frames: dict[int, torch.Tensor] = {}  # frame -> [C,h,w]
+
+    def __len__(self) -> int:
+        return len(self.control)
+
+    def window(self, frames) -> torch.Tensor:
+        """Features [1,C,W,h,w] of ``frames`` on ``device``."""
+        import torch
+
+        frames = [int(i) for i in frames]
+        missing = list(dict.fromkeys(i for i in frames if i not in self.frames))
+        with torch.no_grad():
+            for s in range(0, len(missing), self.chunk):
+                part = missing[s:s + self.chunk]
+                feats = self.model.encode_landmarks(_to_control_tensor(self.control[part], self.device, self.dtype))
+                for k, i in enumerate(part):
+                    self.frames[i] = feats[0, :, k].to(self.store)
+        return torch.stack([self.frames[i] for i in frames], dim=1)[None].to(self.device)
+
+    def of(self, frames) -> _FeatureSubset:
+        """The features of a stage: window positions 0..len(frames)-1 are the track's ``frames``."""
+        return _FeatureSubset(self, [int(i) for i in frames])
+
+    def release(self, frames) -> None:
+        """Forget the features of ``frames`` (no later stage needs them)."""
+        for i in frames:
+            self.frames.pop(int(i), None)
+
+
+class _FeatureSubset:
+    def __init__(self, features: LandmarkFeatures, frames: list[int]):
+        self.features, self.frames = features, frames
+
+    def window(self, positions) -> torch.Tensor:
+        return self.features.window([self.frames[i] for i in positions])
+
+
 def make_model_scheduler(model, settings: SamplerSettings):
     """The sampler's scheduler with the noise schedule stored in the checkpoint's config."""
     stored = dict(getattr(model.config, "scheduler", None) or {})
@@ -125,11 +176,17 @@ def previewing(scheduler, runtime):
     return scheduler
 
 
-def conditioning(reference, features: torch.Tensor, cfg: float) -> Conditioning:
-    """Stack the reference's unconditional and conditional branches for one batched forward."""
+def conditioning(reference, features, cfg: float, model=None) -> Conditioning:
+    """Stack the reference's unconditional and conditional branches for one batched forward.
+
+    With ``model``, the banks' and prompt tokens' projections are prepared here, once for the video.
+    """
     guided = cfg != 1.0
     tokens, banks, bank_mask = reference.batch(guidance=guided)
-    return Conditioning(tokens, banks, features, bank_mask=bank_mask, guided=guided)
+    context = None
+    if model is not None and hasattr(model, "prepare_reference"):
+        context = model.prepare_reference(tokens, banks, bank_mask)
+    return Conditioning(tokens, banks, features, bank_mask=bank_mask, guided=guided, context=context)
 
 
 def _check_sizes(model, reference, control) -> tuple[int, int]:
@@ -168,6 +225,38 @@ def check_track_matches_reference(track, reference) -> None:
                 "go together).")
 
 
+def starting_noise(shape: tuple[int, ...], seed: int, device, *, noise: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None, frames: list[int] | None = None,
+                   share: float = 0.0) -> torch.Tensor:
+    """The starting noise [1,4,n,h,w] (float32) of the ``frames`` of a track of ``shape`` = (1,4,F,h,w).
+
+    ``noise`` over the whole track ([1,4,F,h,w] as diffusers' video pipelines, or [F,4,h,w] as the latents
+    this module returns) is used as given; else ``generator`` draws the track's noise in one
+    ``torch.randn`` call, as diffusers' pipelines (and the released one) do; else every frame gets its own
+    seeded noise (:func:`~emoji_model.sampling.initial_noise`), whatever the track length. ``share``
+    (SamplerSettings.noise_share) mixes one draw common to all frames into the noise drawn here, with the
+    same weights as ``initial_noise``; a given ``noise`` is already what the caller wants and stays as is.
+    """
+    import torch
+
+    if noise is None and generator is not None:
+        noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+        if share:  # drawn after the track's noise: share 0 keeps the released draw order
+            common = torch.randn((*shape[:2], 1, *shape[3:]), generator=generator, device=generator.device,
+                                 dtype=torch.float32)
+            noise = (share ** 0.5) * common + ((1 - share) ** 0.5) * noise
+    if noise is None:
+        count = len(frames) if frames is not None else shape[2]
+        return initial_noise((1, shape[1], count, *shape[3:]), seed, device, torch.float32, frames, share=share)
+    if noise.ndim == 4:
+        noise = noise.permute(1, 0, 2, 3)[None]  # "f c h w -> 1 c f h w"
+    if tuple(noise.shape) != tuple(shape):
+        raise InvalidRequestError(f"starting noise must be {tuple(shape)} ([1,4,frames,h,w]); got {tuple(noise.shape)}")
+    if frames is not None:
+        noise = noise[:, :, frames]
+    return noise.to(device=device, dtype=torch.float32)
+
+
 def _prepare(model, reference, control, settings: SamplerSettings, device, dtype, runtime):
     """Validate a sampling request; the runtime, device, dtype and (frames, latent h, latent w)."""
     import torch
@@ -179,21 +268,25 @@ def _prepare(model, reference, control, settings: SamplerSettings, device, dtype
 
 
 def generate_latents(model, reference, control, settings: SamplerSettings = SamplerSettings(), *,
-                     device=None, dtype=None, runtime: StandaloneRuntime | None = None) -> torch.Tensor:
+                     device=None, dtype=None, runtime: StandaloneRuntime | None = None,
+                     noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Sample every frame of a track together (windows when longer than ``settings.window``).
 
     Returns scaled float32 latents [F,4,h,w] (divide by LATENT_SCALE before a VAE decode); the model
-    runs in ``dtype`` while the diffusion state stays float32, as in ComfyUI's own samplers.
+    runs in ``dtype`` while the diffusion state stays float32, as in ComfyUI's own samplers. The
+    starting noise is ``noise``, or drawn from ``generator``, or seeded per frame by ``settings.seed``
+    (see :func:`starting_noise`).
     """
     import torch
 
     rt, device, dtype, (num, h, w) = _prepare(model, reference, control, settings, device, dtype, runtime)
     with torch.no_grad():
-        feats = landmark_features(model, control, device, dtype, store=rt.offload_device())
-        cond = conditioning(reference, feats, settings.cfg)
+        feats = LandmarkFeatures(model, control, device, dtype, store=rt.offload_device())
+        cond = conditioning(reference, feats, settings.cfg, model)
         scheduler = previewing(make_model_scheduler(model, settings), rt)
         scheduler.set_timesteps(settings.steps, device=device)
-        noise = initial_noise((1, 4, num, h, w), settings.seed, device, torch.float32, share=settings.noise_share)
+        noise = starting_noise((1, 4, num, h, w), settings.seed, device, noise=noise, generator=generator,
+                               share=settings.noise_share)
         denoiser = make_denoiser(model, cond, settings.cfg, settings.temporal, dtype=dtype,
                                  on_block=block_checks(rt))
         total = count_windows(num, settings.window, settings.overlap, settings.steps, settings.loop)
@@ -206,7 +299,8 @@ def generate_latents(model, reference, control, settings: SamplerSettings = Samp
 
 def progressive_latents(model, reference, control, settings: SamplerSettings = SamplerSettings(), *,
                         keyframe_stride: int | None = None, known_mode: str = "auto", device=None,
-                        dtype=None, runtime: StandaloneRuntime | None = None) -> torch.Tensor:
+                        dtype=None, runtime: StandaloneRuntime | None = None, noise: torch.Tensor | None = None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
     """The paper's progressive long-video strategy (section 4.3); returns scaled latents [F,4,h,w].
 
     1. keyframes every ``keyframe_stride`` frames (default window - 1) are sampled as one clip;
@@ -214,9 +308,12 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
        covered-latent input channels when the checkpoint has them (``known_mode`` "covered"),
        otherwise by replacing them at every step with their noised latents ("replace").
 
+    The starting noise of every frame is taken from ``noise`` / ``generator`` as in
+    :func:`generate_latents` (each stage uses its frames' part of it).
+
     Memory follows the window, not the video: control renders (``control`` may render lazily,
     see LazyControls), landmark features and noise exist only for the frames of the stage at hand
-    (each frame's features are computed once); the latents are the only per-frame state.
+    and the keyframes (each frame is rendered and encoded once); the latents are the only per-frame state.
     """
     import torch
 
@@ -238,13 +335,20 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
     total = count_windows(len(keys), settings.window, settings.overlap, settings.steps, settings.loop)
     total += settings.steps * len(gaps)
 
+    if noise is None and generator is not None:  # one draw for the whole track, as diffusers' pipelines
+        noise = starting_noise((1, 4, num, h, w), settings.seed, "cpu", generator=generator,
+                               share=settings.noise_share)
+
+    feats = LandmarkFeatures(model, control, device, dtype, store=rt.offload_device())
+    with torch.no_grad():  # the reference's projections, once for every stage
+        video = conditioning(reference, feats, settings.cfg, model)
+
     def run(frames: list[int], known=None, covered=None, mask=None, bar=None, loop=False):
-        feats = landmark_features(model, control[frames], device, dtype)
-        init = initial_noise((1, 4, len(frames), h, w), settings.seed, device, torch.float32, frames,
-                             share=settings.noise_share)
+        init = starting_noise((1, 4, num, h, w), settings.seed, device, noise=noise, frames=frames,
+                              share=settings.noise_share)
         sched = previewing(make_model_scheduler(model, settings), rt)
         sched.set_timesteps(settings.steps, device=device)
-        cond = conditioning(reference, feats, settings.cfg)
+        cond = replace(video, landmark_features=feats.of(frames))
         den = make_denoiser(model, cond, settings.cfg, settings.temporal, covered, mask, dtype=dtype,
                             on_block=block_checks(rt))
         return sample_windows(den, init * sched.init_noise_sigma, sched, window=settings.window,
@@ -269,6 +373,7 @@ def progressive_latents(model, reference, control, settings: SamplerSettings = S
                     mask[0, :, i] = 0.0
             filled = run(list(range(a, b + 1)), known, covered, mask, bar=bar)
             latents[:, :, a + 1:b] = filled[:, :, 1:-1]
+            feats.release(range(a, b))  # keyframe b starts the next gap
     return latents[0].permute(1, 0, 2, 3).contiguous()  # "1 c f h w -> f c h w"
 
 

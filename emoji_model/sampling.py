@@ -173,9 +173,16 @@ class Conditioning:
 
     prompt_tokens: torch.Tensor          # [2, T, 768] (uncond, cond) or [1, T, 768] if cfg == 1
     banks: list[torch.Tensor]             # one [2, L_i, C_i] per transformer block (same batch order)
-    landmark_features: torch.Tensor       # [1, 320, F, h, w] for every frame of the track
+    landmark_features: Any                # [1, 320, F, h, w] for every frame, or a store with .window(frames)
     bank_mask: torch.Tensor | None = None  # [2] bool: rows that attend to the reference (None: all)
     guided: bool = True                   # False: batch holds the conditional branch only
+    context: Any = None                   # the model's prepare_reference() of the three above, made once
+
+
+def window_features(features, frames: Sequence[int]) -> torch.Tensor:
+    """Landmark features [1,C,W,h,w] of ``frames``: from a store (``.window``) or sliced from a tensor."""
+    window = getattr(features, "window", None)
+    return window(frames) if window is not None else features[:, :, list(frames)]
 
 
 def make_denoiser(model, cond: Conditioning, cfg: float, temporal: bool = True,
@@ -186,17 +193,25 @@ def make_denoiser(model, cond: Conditioning, cfg: float, temporal: bool = True,
     The conditional and unconditional branches run as one batch, in the model's ``dtype`` (the
     latents themselves stay float32); ``covered``/``cover_mask`` ([1,4,F,h,w]/[1,1,F,h,w] over the
     whole track; the mask is 1 on unknown frames) feed the covered-latent input channels;
-    ``on_block`` is handed to the UNet walk (called after each of its blocks).
+    ``on_block`` is handed to the UNet walk (called after each of its blocks). The banks' and prompt
+    tokens' projections are made once (``cond.context``) where the model can prepare them.
     """
     import torch
+
+    if cond.context is None and hasattr(model, "prepare_reference"):
+        cond.context = model.prepare_reference(cond.prompt_tokens, cond.banks, cond.bank_mask)
+    if cond.context is not None:
+        tokens, banks, bank_mask = None, cond.context, None
+    else:
+        tokens, banks, bank_mask = cond.prompt_tokens, cond.banks, cond.bank_mask
 
     def denoise(x: torch.Tensor, t, frames: Sequence[int]) -> torch.Tensor:
         idx = list(frames)
         n = 2 if cond.guided else 1
         x = x.to(dtype or x.dtype)
-        lmk = cond.landmark_features[:, :, idx].to(x.device, x.dtype)
+        lmk = window_features(cond.landmark_features, idx).to(x.device, x.dtype)
         kwargs: dict[str, Any] = {"landmark_features": lmk.expand(n, *lmk.shape[1:]), "temporal": temporal,
-                                  "bank_mask": cond.bank_mask}
+                                  "bank_mask": bank_mask}
         if on_block is not None:
             kwargs["on_block"] = on_block
         if covered is not None:
@@ -205,7 +220,7 @@ def make_denoiser(model, cond: Conditioning, cfg: float, temporal: bool = True,
             kwargs["covered"] = cov.expand(n, *cov.shape[1:])
             kwargs["cover_mask"] = mask.expand(n, *mask.shape[1:])
         timestep = torch.as_tensor(t, device=x.device).reshape(-1)[:1].expand(n)
-        out = model.denoise(torch.cat([x] * n), timestep, cond.prompt_tokens, cond.banks, **kwargs).float()
+        out = model.denoise(x.expand(n, *x.shape[1:]), timestep, tokens, banks, **kwargs).float()
         if not cond.guided:
             return out
         uncond, text = out.chunk(2)

@@ -19,10 +19,13 @@ class Released:
     """Forward passes of the released networks over a dict of released-layout tensors."""
 
     def __init__(self, sd: dict[str, torch.Tensor], *, levels: int, layers: int, attn_levels: tuple[bool, ...],
-                 heads: int, groups: int, motion_heads: int, motion_mid: bool = True):
+                 heads: int, groups: int, motion_heads: int, motion_mid: bool = True, motion_groups: int = 32):
+        # The released motion modules (AnimateDiff's TemporalTransformer3DModel) are built without the
+        # UNet's group count: they normalise with their own default of 32 groups at every size.
         self.sd = sd
         self.levels, self.layers, self.attn_levels = levels, layers, attn_levels
         self.heads, self.groups, self.motion_heads, self.motion_mid = heads, groups, motion_heads, motion_mid
+        self.motion_groups = motion_groups
 
     # -- primitives --------------------------------------------------------------------------------
     def w(self, name: str) -> torch.Tensor:
@@ -34,9 +37,9 @@ class Released:
                      stride=stride, padding=padding)
         return rearrange(y, "(b f) c h w -> b c f h w", f=f)
 
-    def gnorm3d(self, x, p, eps):  # InflatedGroupNorm: statistics per frame
+    def gnorm3d(self, x, p, eps, groups=None):  # InflatedGroupNorm: statistics per frame
         f = x.shape[2]
-        y = F.group_norm(rearrange(x, "b c f h w -> (b f) c h w"), self.groups, self.w(p + ".weight"),
+        y = F.group_norm(rearrange(x, "b c f h w -> (b f) c h w"), groups or self.groups, self.w(p + ".weight"),
                          self.w(p + ".bias"), eps)
         return rearrange(y, "(b f) c h w -> b c f h w", f=f)
 
@@ -109,7 +112,7 @@ class Released:
         b, c, f, hh, ww = x.shape
         p = p + ".temporal_transformer"
         res = x
-        h = self.gnorm3d(x, p + ".norm", 1e-6)
+        h = self.gnorm3d(x, p + ".norm", 1e-6, self.motion_groups)
         h = rearrange(h, "b c f h w -> (b f) (h w) c")
         h = self.linear(h, p + ".proj_in")
         q = p + ".transformer_blocks.0"

@@ -163,3 +163,19 @@ def test_neutral_choices_and_bad_requests():
     with pytest.raises(NoFaceDetectedError, match="driving video") as err:
         align_motion(ast, faceless)
     assert "portrait" not in str(err.value)
+
+
+def test_alignment_in_chunks_equals_one_pass(monkeypatch):
+    import emoji_model.align as al
+
+    # The older switches, and issue 11's modes: regions, lids, the released aligner, loops, blendshapes.
+    choices = [{"iris_tracking": True}, {"iris_tracking": False}, RELEASED,
+               {"regions": "only mouth", "lids": "absolute", "translation": "off"},
+               {"loop": True, "iris": "off", "rotation": "absolute"},
+               {"neutral": "blendshapes", "regions": "only eyes"}]
+    whole = [al.align_motion(astronaut_track(), driving_track(), smoothing=5, **c) for c in choices]
+    monkeypatch.setattr(al, "ALIGN_CHUNK", 10)  # 97 frames: ten chunks, the last one short
+    for c, expected in zip(choices, whole):
+        chunked = al.align_motion(astronaut_track(), driving_track(), smoothing=5, **c)
+        for name in ("points", "canonical", "pose"):
+            np.testing.assert_array_equal(getattr(chunked, name), getattr(expected, name), err_msg=f"{c} {name}")

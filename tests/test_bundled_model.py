@@ -41,3 +41,46 @@ def test_the_video_moves_when_the_landmarks_do(following):
     corr = following["motion_corr"]
     assert all(c is not None and c >= 0.5 for c in corr), following
     assert np.isfinite(np.asarray(following["l1"])).all()
+
+
+def test_bundled_temporal_layers_keep_the_group_count_they_were_trained_with():
+    """A file stored before ``motion_norm_groups`` existed loads with the temporal GroupNorm it was trained with.
+
+    The pack's trainer then built the temporal layers with the UNet's ``norm_num_groups``; the independent
+    re-statement of the released forward (tests/released_reference.py) with that count must give the
+    bundled model's output, and the released architecture's 32 groups must not.
+    """
+    import json
+
+    import torch
+
+    from emoji_model.bundled import BUNDLED_WEIGHTS
+    from emoji_model.checkpoints import load_model, read_metadata, released_state_dicts
+    from released_reference import Released
+    from tiny_fye import inputs
+
+    stored = json.loads(read_metadata(BUNDLED_WEIGHTS)["fye_config"])
+    trained_groups = stored.get("motion_norm_groups", stored["norm_num_groups"])
+    model = load_model(BUNDLED_WEIGHTS)
+    cfg = model.config
+    assert cfg.motion_norm_groups == trained_groups
+    data = inputs(model, batch=1, frames=4, size=8, seed=4)
+    with torch.no_grad():
+        banks = model.appearance_banks(data["ref"], clip_tokens=data["clip"])
+        lmk = model.encode_landmarks(data["control"])
+        ours = model.denoise(data["sample"], 600, model.encode_image_prompt(data["clip"]), banks, lmk)
+        sd = released_state_dicts(model)["unet"]
+        # conv_in also reads the covered latents (none known: zeros) and the cover mask (all covered: ones)
+        x = torch.cat([data["sample"], torch.zeros_like(data["sample"]), torch.ones_like(data["sample"][:, :1])], 1)
+
+        def restated(groups):
+            ref = Released(sd, levels=cfg.levels, layers=cfg.layers_per_block, attn_levels=cfg.attention_levels,
+                           heads=cfg.attention_heads, groups=cfg.norm_num_groups, motion_heads=cfg.motion_heads,
+                           motion_mid=cfg.motion_mid_block, motion_groups=groups)
+            return ref.unet(x, torch.tensor([600]), data["clip"], lmk, banks)
+
+        as_trained = restated(trained_groups)
+        other = restated(32 if trained_groups != 32 else 8)
+    assert ours.abs().mean() > 0.05
+    torch.testing.assert_close(ours, as_trained, atol=1e-5, rtol=1e-5)
+    assert (ours - other).abs().max() > 1e-3

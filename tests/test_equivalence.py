@@ -25,7 +25,7 @@ def _reference(model, stem):
     sd = released_state_dicts(model)[stem]
     return Released(sd, levels=cfg.levels, layers=cfg.layers_per_block, attn_levels=cfg.attention_levels,
                     heads=cfg.attention_heads, groups=cfg.norm_num_groups, motion_heads=cfg.motion_heads,
-                    motion_mid=cfg.motion_mid_block)
+                    motion_mid=cfg.motion_mid_block, motion_groups=cfg.motion_norm_groups)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_temporal_module_matches_released_motion_module():
     released = released_state_dicts({f"unet.down_blocks.0.motion_modules.0.{k}": v
                                      for k, v in mm.state_dict().items()})["unet"]
     sd = {k.replace("down_blocks.0.motion_modules.0.", "m."): v for k, v in released.items()}
-    ref = Released(sd, levels=1, layers=1, attn_levels=(True,), heads=2, groups=8, motion_heads=2)
+    ref = Released(sd, levels=1, layers=1, attn_levels=(True,), heads=2, groups=8, motion_heads=2, motion_groups=8)
     with torch.no_grad():
         ours = mm(x, num_frames=6)
         expected = ref.motion(x.reshape(2, 6, 32, 4, 4).transpose(1, 2), "m").transpose(1, 2).reshape(12, 32, 4, 4)

@@ -53,6 +53,21 @@ def test_correlation_and_motion_change():
     np.testing.assert_allclose(mean_abs_change(frames), [0.5, 0.0, 0.5])
 
 
+def test_pixel_metrics_in_chunks_equal_the_whole_video_formulas(monkeypatch):
+    import emoji_model.evaluate as ev
+
+    frames = driving_frames()[0][:45, ::8, ::8]  # 45 real frames, 64 px, over several chunks of 8
+    other = frames[::-1].copy()
+    whole = {"l1": np.abs(frames / 255.0 - other / 255.0).mean(),
+             "change": np.abs(np.diff(frames / 255.0, axis=0)).reshape(44, -1).mean(1),
+             "ref": np.abs(frames / 255.0 - frames[0][None] / 255.0).mean()}
+    monkeypatch.setattr(ev, "METRIC_CHUNK", 8)
+    assert ev.frame_fidelity(frames, other)["l1"] == pytest.approx(whole["l1"], rel=1e-12)
+    np.testing.assert_allclose(ev.mean_abs_change(frames), whole["change"], rtol=1e-12)
+    assert ev._mean_abs_difference(frames, frames[0]) == pytest.approx(whole["ref"], rel=1e-12)
+    assert len(ev.mean_abs_change(frames[:1])) == 0
+
+
 def test_landmark_agreement_in_inter_ocular_units():
     from emoji_model.evaluate import EYE_CORNERS, landmark_agreement
 

@@ -109,10 +109,27 @@ def test_seeded_forward_is_deterministic(model):
     again = random_model(seed=11)
     torch.testing.assert_close(_run(again, data), a, atol=0, rtol=0)
     # pinned numbers of the seeded tiny model: a regression guard for the whole forward
+    assert a.mean().item() == pytest.approx(0.112409, abs=1e-4)
+    assert a.std().item() == pytest.approx(0.521087, abs=1e-4)
+    torch.testing.assert_close(a[0, 0, 0, 0, :4], torch.tensor([-0.174694, 0.183650, -0.077052, 0.216099]),
+                               atol=1e-4, rtol=0)
+
+
+def test_temporal_groups_of_older_configs_compute_what_they_did():
+    """A config stored without motion_norm_groups (the pack's own trainings) keeps its UNet's group count."""
+    stored = {k: v for k, v in tiny_config().to_dict().items() if k != "motion_norm_groups"}
+    legacy = FYEConfig.from_dict(stored)
+    assert legacy.motion_norm_groups == legacy.norm_num_groups == 8
+    assert tiny_config().motion_norm_groups == FYEConfig.sd15().motion_norm_groups == 32
+    model = random_model(legacy, seed=11)
+    a = _run(model, inputs(model))
+    # the numbers this seeded model gave before the field existed (temporal groups = norm_num_groups)
     assert a.mean().item() == pytest.approx(0.078011, abs=1e-4)
     assert a.std().item() == pytest.approx(0.484627, abs=1e-4)
     torch.testing.assert_close(a[0, 0, 0, 0, :4], torch.tensor([0.117578, 0.263815, 0.224721, 0.183927]),
                                atol=1e-4, rtol=0)
+    with pytest.raises(InvalidRequestError, match="motion_norm_groups"):
+        tiny_config(block_out_channels=(48, 64, 64))
 
 
 def test_spatial_path_is_per_frame_without_temporal_layers(model):

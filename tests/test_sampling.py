@@ -390,6 +390,34 @@ def test_shared_noise_mixes_one_common_draw_into_every_frame():
         SamplerSettings(noise_share=1.5).validate(16)
 
 
+def test_shared_noise_works_with_a_given_noise_and_with_a_generator():
+    from emoji_model.pipeline import starting_noise
+
+    model, ref, ctrl = _model(), _reference(), _controls()[:12]
+    shape = (1, 4, len(ctrl), 8, 8)
+    shared, plain = _settings(steps=2, noise_share=0.5), _settings(steps=2)
+    # the settings' share over the seeded per-frame noise is that noise mixed and given explicitly
+    mixed = initial_noise(shape, shared.seed, "cpu", torch.float32, share=0.5)
+    for run in (generate_latents, progressive_latents):
+        torch.testing.assert_close(run(model, ref, ctrl, shared, device="cpu"),
+                                   run(model, ref, ctrl, plain, device="cpu", noise=mixed))
+    # a generator draws the track's noise (the released order), then the common draw when shared
+    def gen():
+        return torch.Generator().manual_seed(11)
+
+    g = gen()
+    track, common = torch.randn(shape, generator=g), torch.randn((1, 4, 1, 8, 8), generator=g)
+    assert torch.equal(starting_noise(shape, 0, "cpu", generator=gen()), track)
+    torch.testing.assert_close(starting_noise(shape, 0, "cpu", generator=gen(), share=0.5),
+                               0.5 ** 0.5 * common + 0.5 ** 0.5 * track)
+    assert torch.equal(starting_noise(shape, 0, "cpu", noise=track, share=0.5), track)  # given: used as is
+    for run in (generate_latents, progressive_latents):
+        with_generator = run(model, ref, ctrl, shared, device="cpu", generator=gen())
+        torch.testing.assert_close(with_generator, run(model, ref, ctrl, plain, device="cpu",
+                                                       noise=0.5 ** 0.5 * common + 0.5 ** 0.5 * track))
+        assert not torch.allclose(with_generator, run(model, ref, ctrl, plain, device="cpu", generator=gen()))
+
+
 def test_progressive_takes_lazily_rendered_controls():
     from emoji_model.align import align_motion
     from emoji_model.pipeline import LazyControls

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import CheckpointMismatchError
 from ..networks import FYEConfig
+from ..networks.config import MOTION_NORM_GROUPS
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,8 @@ def infer_config(shapes: Mapping[str, Mapping[str, tuple[int, ...]]], base: FYEC
 
     Shapes fix channels, depth, attention levels, cross-attention and CLIP widths, temporal length,
     guider widths and covered-latent channels. Head counts and GroupNorm groups leave no trace in
-    shapes: they come from ``base`` (SD-1.5 defaults) or ``overrides``.
+    shapes: they come from ``base`` (SD-1.5 defaults) or ``overrides``, except the temporal layers'
+    groups, which the released code fixes at 32 whatever the UNet's (``motion_norm_groups``).
     """
     unet = shapes.get("unet")
     if not unet:
@@ -55,6 +57,8 @@ def infer_config(shapes: Mapping[str, Mapping[str, tuple[int, ...]]], base: FYEC
         cover_channels=conv_in[1] - 4,
         out_channels=unet.get("conv_out.weight", (4,))[0],
         motion_mid_block=any(k.startswith("mid_block.motion_modules.") for k in unet),
+        # The released motion modules (AnimateDiff's) never receive the UNet's group count.
+        motion_norm_groups=MOTION_NORM_GROUPS,
     )
     if cross is not None:
         cfg["cross_attention_dim"] = cross[1]

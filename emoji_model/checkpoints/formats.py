@@ -13,7 +13,7 @@ from ..constants import RELEASED_FILES
 from ..errors import CheckpointMismatchError, InvalidRequestError
 from ..networks import COMPONENTS, FollowYourEmoji, FYEConfig
 from .config_from_shapes import infer_config
-from .ours import is_our_format, load_ours
+from .ours import is_our_format, load_ours, stored_config
 from .reader import TensorFile, expand_paths
 from .released import load_released, released_files, released_to_ours
 
@@ -52,7 +52,7 @@ def describe(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> dict[str
     dtypes: dict[str, int] = {}
     ours = all("fye_config" in r.metadata for r in readers)
     if ours:
-        config = FYEConfig.from_json(readers[0].metadata["fye_config"])
+        config = stored_config(readers[0].metadata["fye_config"], readers)
         fmt = "fye-safetensors"
     elif any(r.path.stem in RELEASED_FILES for r in readers):
         found = released_files(files)

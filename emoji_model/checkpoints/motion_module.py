@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
-from ..errors import CheckpointMismatchError
-from ..networks import FollowYourEmoji
+from ..errors import CheckpointMismatchError, InvalidRequestError
+from ..networks import MOTION_NORM_GROUPS, FollowYourEmoji
 from .assign import expected_tensors, sinusoid_table
 from .reader import TensorFile
 from .released import motion_to_ours
+
+log = logging.getLogger(__name__)
 
 
 def load_motion_module(model: FollowYourEmoji, path: str | os.PathLike) -> list[str]:
     """Load AnimateDiff motion modules (e.g. mm_sd_v15_v2.ckpt) into the UNet's temporal layers.
 
-    Position tables of a different length are cut or extended with the same sinusoid. Returns our
-    names of the updated tensors.
+    Position tables of a different length are cut or extended with the same sinusoid. AnimateDiff's
+    modules normalise with 32 GroupNorm groups; a model whose temporal layers use another count is
+    switched to 32 (``config.motion_norm_groups``), with a warning. Returns our names of the updated tensors.
     """
     tf = TensorFile(path)
     net = model.unet
@@ -37,6 +41,16 @@ def load_motion_module(model: FollowYourEmoji, path: str | os.PathLike) -> list[
         if missing and not any(k.startswith("mid_block.") for k in sources) and model.config.motion_mid_block:
             note = "the file has no mid-block motion module (AnimateDiff v1); only v2-style modules fit"
         raise CheckpointMismatchError(str(tf.path), missing=missing, unexpected=unexpected, note=note)
+    before = model.config.motion_norm_groups
+    if before != MOTION_NORM_GROUPS:
+        try:
+            model.set_motion_norm_groups(MOTION_NORM_GROUPS)
+        except InvalidRequestError as exc:
+            raise CheckpointMismatchError(str(tf.path), note=f"AnimateDiff motion modules normalise with "
+                                          f"{MOTION_NORM_GROUPS} groups, which these channels cannot hold: {exc}"
+                                          ) from exc
+        log.warning("%s: temporal layers switched from %d to %d GroupNorm groups, the count AnimateDiff's motion "
+                    "modules were trained with", tf.path.name, before, MOTION_NORM_GROUPS)
     mismatched = []
     updated = []
     tensors = net.state_dict(keep_vars=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -10,11 +12,13 @@ import torch
 
 from ..errors import CheckpointMismatchError
 from ..fileio import atomic_path
-from ..networks import COMPONENTS, FollowYourEmoji, FYEConfig, build_model
+from ..networks import COMPONENTS, MOTION_NORM_GROUPS, FollowYourEmoji, FYEConfig, build_model
 from .assign import Source, assign_tensors, finish, is_position_table, zero_pad_conv_in
 from .reader import TensorFile
 
 FORMAT_VERSION = "1"
+
+log = logging.getLogger(__name__)
 
 
 def save_model(model: FollowYourEmoji, path: str | os.PathLike, *, dtype: torch.dtype | None = None,
@@ -63,6 +67,26 @@ def is_our_format(path: str | os.PathLike) -> bool:
     return p.suffix.lower() == ".safetensors" and "fye_config" in TensorFile(p).metadata
 
 
+def stored_config(text: str, readers: Iterable[TensorFile] = ()) -> FYEConfig:
+    """The FYEConfig of a file's metadata; a config stored without ``motion_norm_groups`` gets its UNet's count.
+
+    Files this pack wrote before the field existed came from its own trainer, whose temporal layers used
+    ``norm_num_groups``. A file converted from released weights then recorded no trace of their 32
+    groups either; where the two readings differ and the file carries no training record, say so.
+    """
+    data = json.loads(text)
+    config = FYEConfig.from_dict(data)
+    readers = list(readers)
+    trained = any("fye_trained_steps" in r.metadata for r in readers)
+    if "motion_norm_groups" not in data and config.motion_norm_groups != MOTION_NORM_GROUPS and not trained:
+        log.warning("%s records no motion_norm_groups: loading its temporal layers with norm_num_groups=%d, as this "
+                    "pack's trainer made them. If it was converted from released Follow-Your-Emoji or AnimateDiff "
+                    "weights, those use %d groups: convert them again (`python -m emoji_model convert`) to record it.",
+                    ", ".join(str(r.path) for r in readers) or "the config", config.motion_norm_groups,
+                    MOTION_NORM_GROUPS)
+    return config
+
+
 def load_ours(files: Iterable[str | os.PathLike], *, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32, config: FYEConfig | None = None,
               cover_channels: int | None = None) -> FollowYourEmoji:
@@ -78,7 +102,7 @@ def load_ours(files: Iterable[str | os.PathLike], *, device: torch.device | str 
         if len(configs) > 1:
             raise CheckpointMismatchError(", ".join(str(r.path) for r in readers),
                                           note="the component files were saved with different configs")
-        config = FYEConfig.from_json(configs.pop())
+        config = stored_config(configs.pop(), readers)
     if cover_channels is not None and cover_channels != config.cover_channels:
         config = config.replace(cover_channels=cover_channels)
     sources: dict[str, Source] = {}

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 
 def add_face_options(parser: argparse.ArgumentParser, where: str = "", every: bool = True) -> None:
     """--face-model, --face-index and --face-box."""
@@ -49,26 +47,21 @@ def track_from_path(path: str | Path, face_index: int | str = 0, face_model: str
     return extract_file(path, face_index=face_index, face_model=face_model, face_box=face_box)
 
 
-def render_faces(faces, *, include_contour: bool = False, outer_lips: bool = False) -> np.ndarray:
-    """Control renders uint8 [N, H, W, 3] of every face of a track or group, drawn over each other."""
-    from ..landmarks import faces_of, render_controls
+def write_render(path: str | Path, faces, fps: float, *, contour: bool = False, outer_lips: bool = False) -> Path:
+    """Write the control images of a track or group (every face drawn): an image for image suffixes, else an mp4.
 
-    out = None
-    for track in faces_of(faces):
-        frames = render_controls(track, include_contour=include_contour, outer_lips=outer_lips)
-        out = frames if out is None else np.maximum(out, frames)
-    return out
-
-
-def write_render(path: str | Path, frames: np.ndarray, fps: float) -> Path:
-    """Write renders [N, H, W, 3]: the first frame as an image for image suffixes, else an mp4."""
+    The first frame only for an image. Frames are drawn one at a time and streamed to the writer: memory
+    does not grow with the track.
+    """
     from PIL import Image
 
+    from ..landmarks import iter_controls
     from ..video import is_image_file, write_video
 
     path = Path(path)
+    frames = iter_controls(faces, include_contour=contour, outer_lips=outer_lips)
     if is_image_file(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(frames[0]).save(path)
+        Image.fromarray(next(frames)).save(path)
         return path
     return write_video(path, frames, fps if fps and fps > 0 else 25.0)

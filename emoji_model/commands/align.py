@@ -6,7 +6,7 @@ import argparse
 import logging
 import time
 
-from ._common import add_face_options, add_render_options, face_args, render_faces, track_from_path, write_render
+from ._common import add_face_options, add_render_options, face_args, track_from_path, write_render
 
 NAME = "align"
 HELP = "motion alignment: driving landmarks in the reference portrait's geometry"
@@ -114,6 +114,6 @@ def run(args: argparse.Namespace) -> int:
              len(first), len(faces_of(aligned)), *first.size, time.perf_counter() - extracted, extracted - start,
              args.out)
     if args.render:
-        frames = render_faces(aligned, include_contour=args.contour, outer_lips=args.outer_lips)
-        log.info("render -> %s", write_render(args.render, frames, first.fps))
+        log.info("render -> %s", write_render(args.render, aligned, first.fps, contour=args.contour,
+                                              outer_lips=args.outer_lips))
     return 0

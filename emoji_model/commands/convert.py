@@ -26,7 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="add zero-initialised covered-latent inputs (5) for progressive-strategy training")
     hidden = parser.add_argument_group("sizes that tensor shapes do not reveal (SD-1.5 defaults)")
     hidden.add_argument("--heads", type=int, default=None, help="spatial attention heads (8)")
-    hidden.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups (32)")
+    hidden.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups of the spatial layers (32)")
+    hidden.add_argument("--motion-norm-groups", type=int, default=None,
+                        help="GroupNorm groups of the temporal layers (32 in the released code at every size)")
     hidden.add_argument("--motion-heads", type=int, default=None, help="temporal attention heads (8)")
 
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoints import iter_component_counts, load_released, save_components, save_model
 
     overrides = {k: v for k, v in (("attention_heads", args.heads), ("norm_num_groups", args.norm_groups),
-                                   ("motion_heads", args.motion_heads)) if v is not None}
+                                   ("motion_heads", args.motion_heads),
+                                   ("motion_norm_groups", args.motion_norm_groups)) if v is not None}
     model = load_released(args.released, device="cpu", dtype=torch.float32, cover_channels=args.cover_channels,
                           **overrides)
     dtype = getattr(torch, DTYPES[args.dtype])

@@ -6,7 +6,7 @@ import argparse
 import logging
 import time
 
-from ._common import add_face_options, add_render_options, face_args, render_faces, track_from_path, write_render
+from ._common import add_face_options, add_render_options, face_args, track_from_path, write_render
 
 NAME = "edit"
 HELP = "keyframed expression editor: blinks, smiles, mouth, brows, gaze and head turns over time"
@@ -78,6 +78,6 @@ def run(args: argparse.Namespace) -> int:
     log.info("edited %d frames of %d face(s) of %dx%d in %.3f s (landmarks %.2f s) -> %s", len(first),
              len(faces_of(edited)), *first.size, time.perf_counter() - extracted, extracted - start, args.out)
     if args.render:
-        frames = render_faces(edited, include_contour=args.contour, outer_lips=args.outer_lips)
-        log.info("render -> %s", write_render(args.render, frames, first.fps))
+        log.info("render -> %s", write_render(args.render, edited, first.fps, contour=args.contour,
+                                              outer_lips=args.outer_lips))
     return 0

@@ -86,17 +86,18 @@ def load_for_evaluation(args: argparse.Namespace, runtime):
     return model, vae, encoder, args.size or trained or 512, bundled
 
 
-def _first_frames(path: str, count: int):
-    """The first ``count`` frames of a video (decoding stops there) and its frame rate."""
+def _first_frames(path: str, count: int, keep=None):
+    """The first ``count`` frames of a video, one at a time (decoding stops there); ``keep(frame)`` sees each."""
     import itertools
 
-    import numpy as np
+    from ..video import iter_video, prefetch
 
-    from ..video import iter_video, probe_video
-
-    fps, _ = probe_video(path)
-    frames = np.stack(list(itertools.islice(iter_video(path), count)))
-    return frames, fps
+    # Decoded on prefetch's thread, as extract_file does: interleaved with MediaPipe's allocations on
+    # this thread, the decoder's frames fragment the heap and the process grows with the video.
+    for frame in itertools.islice(prefetch(iter_video(path)), count):
+        if keep is not None:
+            keep(frame)
+        yield frame
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from ..reference import fit_to_size, image_to_pixels
     from ..runtime import default_runtime
     from ..sampling import SamplerSettings
-    from ..video import load_image, write_video
+    from ..video import load_image, probe_video, write_video
 
     rt = default_runtime()
     start = time.perf_counter()
@@ -125,13 +126,18 @@ def run(args: argparse.Namespace) -> int:
                                overlap=min(4, args.window // 4))
     networks = metric_networks(args, rt)
     cross = args.reference is not None
-    frames, fps = _first_frames(args.driving, args.frames + (0 if cross else 1))
-    driving = extract_video(frames, fps, face_model=args.face_model, what=f"driving video '{args.driving}'",
-                            runtime=rt)
 
     def framed(images: np.ndarray) -> np.ndarray:
         pixels = torch.cat([fit_to_size(image_to_pixels(im), (size, size)) for im in images])
         return (pixels.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)  # b c h w -> b h w c
+
+    # The driving frames stream through the landmarker; a self-reenactment keeps them only at the model's size.
+    kept: list[np.ndarray] = []
+    fps, _ = probe_video(args.driving)
+    frames = _first_frames(args.driving, args.frames + (0 if cross else 1),
+                           keep=None if cross else (lambda frame: kept.append(framed(frame[None])[0])))
+    driving = extract_video(frames, fps, face_model=args.face_model, what=f"driving video '{args.driving}'",
+                            runtime=rt)
 
     if cross:
         portrait = load_image(args.reference)
@@ -147,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         third = controls[:]
     else:
         controls = LazyControls(driving, (size, size))
-        truth = framed(frames)
+        truth = np.stack(kept)
         report, generated = self_reenactment(model, vae, encoder, truth, controls[:], controls.track.points,
                                              settings, networks=networks, face_model=args.face_model,
                                              landmarks=args.landmarks, dtype=dtype, runtime=rt)

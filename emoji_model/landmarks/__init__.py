@@ -31,6 +31,7 @@ from .render import (
     PART_COLORS,
     PUPIL_COLOR,
     REFERENCE_SIZE,
+    iter_controls,
     line_width,
     pupil_half_width,
     render_controls,
@@ -59,7 +60,7 @@ __all__ = [
     "FYEFaces", "Face", "FaceGroup", "FaceLandmarker", "FaceTrack", "Topology",
     "as_rgb_uint8", "close_loop", "empty_track", "expression_mask", "extract_auto", "extract_controls", "extract_file",
     "extract_image", "extract_stills", "extract_video", "eye_aperture", "face_masks", "face_width", "faces_controls",
-    "faces_of",
-    "facial_mask", "fill_invalid", "from_faces", "line_width", "load_faces", "neutral_frame", "pupil_half_width",
-    "render_controls", "render_frame", "resolve_face_model", "save_faces", "single_face", "topology",
+    "faces_of", "facial_mask", "fill_invalid", "from_faces", "iter_controls", "line_width", "load_faces",
+    "neutral_frame", "pupil_half_width", "render_controls", "render_frame", "resolve_face_model", "save_faces",
+    "single_face", "topology",
 ]

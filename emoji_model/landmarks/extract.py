@@ -42,14 +42,22 @@ class Face:
         return float(span[0] * size[0] * span[1] * size[1])
 
 
+def import_mediapipe():
+    """MediaPipe's Tasks vision module (imported on first use: heavy, and not needed by most of the pack)."""
+    import mediapipe as mp
+    from mediapipe.tasks.python import vision
+
+    return mp, vision
+
+
 class FaceLandmarker:
     """MediaPipe's face landmarker (Tasks API) as a context manager; one per image or video."""
 
     def __init__(self, model_path: str | os.PathLike | None = None, video: bool = False,
                  num_faces: int = 2, runtime: StandaloneRuntime | None = None):
-        from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core.base_options import BaseOptions
 
+        _, vision = import_mediapipe()
         self.model_path = resolve_face_model(model_path, runtime)
         self.video = video
         mode = vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE
@@ -102,7 +110,8 @@ class FaceLandmarker:
         for i, landmarks in enumerate(result.face_landmarks):
             if len(landmarks) != NUM_POINTS:
                 continue
-            points = np.array([(p.x, p.y, p.z) for p in landmarks], dtype=np.float64)
+            # float32, as MediaPipe computes them (and as a FaceTrack stores them)
+            points = np.array([(p.x, p.y, p.z) for p in landmarks], dtype=np.float32)
             pose = None
             if i < len(result.facial_transformation_matrixes):
                 pose = np.asarray(result.facial_transformation_matrixes[i], dtype=np.float64)
@@ -456,15 +465,21 @@ def _store(track: FaceTrack, i: int, face: Face) -> None:
         track.pose[i] = np.nan  # filled by _finish_geometry with the fitted pose
 
 
+GEOMETRY_CHUNK = 256
+"""Frames fitted at once: batched for speed, bounded so that the float64 temporaries do not grow with the video."""
+
+
 def _finish_geometry(track: FaceTrack, model: geometry.CanonicalModel) -> None:
-    """Canonical vertices of the valid frames, relative to MediaPipe's pose (batched over frames)."""
-    idx = np.flatnonzero(track.valid)
-    fit = geometry.screen_to_metric(track.points[idx].astype(np.float64), track.size, model)
-    pose = track.pose[idx].astype(np.float64)
-    missing = np.isnan(pose).any(axis=(-1, -2))
-    pose[missing] = fit.pose[missing]
-    track.pose[idx] = pose
-    track.canonical[idx] = geometry.apply_pose(geometry.invert_pose(pose), fit.metric)
+    """Canonical vertices of the valid frames, relative to MediaPipe's pose (batched over chunks of frames)."""
+    valid = np.flatnonzero(track.valid)
+    for s in range(0, len(valid), GEOMETRY_CHUNK):
+        idx = valid[s:s + GEOMETRY_CHUNK]
+        fit = geometry.screen_to_metric(track.points[idx].astype(np.float64), track.size, model)
+        pose = track.pose[idx].astype(np.float64)
+        missing = np.isnan(pose).any(axis=(-1, -2))
+        pose[missing] = fit.pose[missing]
+        track.pose[idx] = pose
+        track.canonical[idx] = geometry.apply_pose(geometry.invert_pose(pose), fit.metric)
 
 
 def _ranges(indices: np.ndarray) -> str:

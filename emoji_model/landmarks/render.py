@@ -5,6 +5,7 @@ The networks see the eyes, eyebrows, inner lips and pupils, without the face con
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,6 +16,7 @@ from .track import LEFT_IRIS, RIGHT_IRIS, FaceTrack
 
 if TYPE_CHECKING:
     from ..runtime import StandaloneRuntime
+    from .group import FYEFaces
 
 
 # Colours (RGB) and drawing order of the research code's renders, which the released weights were
@@ -102,3 +104,19 @@ def render_controls(track: FaceTrack, size: tuple[int, int] | None = None, *, in
                          image=out[i])
             bar.update()
     return out
+
+
+def iter_controls(faces: FYEFaces, size: tuple[int, int] | None = None, *, include_contour: bool = False,
+                  outer_lips: bool = False) -> Iterator[np.ndarray]:
+    """Control images uint8 [H, W, 3] of every frame, every face drawn, one at a time (for a video writer)."""
+    from .group import faces_of
+
+    tracks = faces_of(faces)
+    w, h = size or tracks[0].size
+    for i in range(len(tracks[0])):
+        # several faces: drawn apart and overlaid (brightest wins), as the batch renders of a group
+        frame = render_frame(tracks[0].points[i], (w, h), include_contour=include_contour, outer_lips=outer_lips)
+        for track in tracks[1:]:
+            np.maximum(frame, render_frame(track.points[i], (w, h), include_contour=include_contour,
+                                           outer_lips=outer_lips), out=frame)
+        yield frame

@@ -4,11 +4,12 @@ Importing this package imports torch and diffusers; keep it out of node registra
 """
 
 from .appearance import AppearanceNet
-from .blocks import ReferenceAttnProcessor, TemporalTransformer
-from .config import RELEASED_SCHEDULER, FYEConfig
+from .blocks import TemporalTransformer
+from .config import MOTION_NORM_GROUPS, RELEASED_SCHEDULER, FYEConfig
 from .guider import LandmarkGuider
 from .image_prompt import LinearImagePrompt, QFormerImagePrompt, build_image_prompt
 from .model import COMPONENTS, FollowYourEmoji, build_model
+from .reference_attention import LayerContext, ReferenceAttnProcessor, ReferenceContext
 from .unet import DenoisingUNet
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "build_model",
     "COMPONENTS",
     "RELEASED_SCHEDULER",
+    "MOTION_NORM_GROUPS",
     "AppearanceNet",
     "DenoisingUNet",
     "LandmarkGuider",
@@ -24,5 +26,7 @@ __all__ = [
     "QFormerImagePrompt",
     "build_image_prompt",
     "ReferenceAttnProcessor",
+    "ReferenceContext",
+    "LayerContext",
     "TemporalTransformer",
 ]

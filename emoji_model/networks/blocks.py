@@ -1,9 +1,7 @@
 """Pieces shared by the appearance net and the denoising UNet, composed from diffusers parts.
 
-* :class:`ReferenceAttnProcessor` — the attention processor of every spatial attention. In a
-  self-attention it can (a) record the normalised hidden states it receives (the appearance net's
-  "bank") and (b) let the frame's queries attend over the frame's own tokens concatenated with the
-  matching bank tokens (the denoising UNet), keeping only the frame's outputs.
+* :class:`~.reference_attention.ReferenceAttnProcessor` — the attention processor of every spatial
+  attention (records the appearance net's banks; attends over them in the denoising UNet).
 * :class:`TemporalTransformer` — AnimateDiff's temporal transformer with the released forward:
   GroupNorm statistics per frame (diffusers' ``AnimateDiffTransformer3D`` normalises over all frames
   of a clip instead, which is not what AnimateDiff or Follow-Your-Emoji compute).
@@ -17,67 +15,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.unets.unet_2d_blocks import get_down_block, get_mid_block, get_up_block
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import nn
 
 from .config import FYEConfig
+from .reference_attention import cached_signature
 
 
-class ReferenceAttnProcessor:
-    """SDPA attention; self-attention may record its input and attend over appearance-bank tokens too.
-
-    Keyword inputs (passed through ``cross_attention_kwargs``):
-      ``bank``       [B, M, C] normalised reference hidden states for this layer, or None;
-      ``bank_rows``  (rows with, rows without) index tensors over the (B·F) attention batch when only
-                     some rows attend to their bank (the released unconditional branch), or None (all do);
-      ``num_frames`` F when the attention batch is (B·F) frames sharing one bank per clip;
-      ``capture``    a list that receives the self-attention input (the appearance net's bank).
-    """
-
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 bank: torch.Tensor | None = None, bank_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 num_frames: int = 1, capture: list | None = None) -> torch.Tensor:
-        is_self = encoder_hidden_states is None
-        if is_self and capture is not None:
-            capture.append(hidden_states)
-        context = hidden_states if is_self else encoder_hidden_states
-        heads = attn.heads
-        # [(b f), n, (h d)] -> [(b f), h, n, d]
-        q = rearrange(attn.to_q(hidden_states), "b n (h d) -> b h n d", h=heads)
-        k = rearrange(attn.to_k(context), "b n (h d) -> b h n d", h=heads)
-        v = rearrange(attn.to_v(context), "b n (h d) -> b h n d", h=heads)
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, k.shape[2], q.shape[0])
-            attention_mask = attention_mask.view(q.shape[0], heads, -1, attention_mask.shape[-1])
-
-        if is_self and bank is not None:
-            # The released block attends with keys/values of cat([frame tokens, bank tokens]) along the
-            # token axis; the bank is shared by the F frames of its clip.
-            kb = repeat(attn.to_k(bank), "b m (h d) -> (b f) h m d", h=heads, f=num_frames)
-            vb = repeat(attn.to_v(bank), "b m (h d) -> (b f) h m d", h=heads, f=num_frames)
-            if bank_rows is None:
-                out = F.scaled_dot_product_attention(q, torch.cat([k, kb], 2), torch.cat([v, vb], 2))
-            else:
-                with_bank, without = bank_rows
-                out = torch.empty_like(q)
-                if with_bank.numel():
-                    out[with_bank] = F.scaled_dot_product_attention(
-                        q[with_bank], torch.cat([k[with_bank], kb[with_bank]], 2),
-                        torch.cat([v[with_bank], vb[with_bank]], 2))
-                if without.numel():
-                    out[without] = F.scaled_dot_product_attention(q[without], k[without], v[without])
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
-
-        out = rearrange(out, "b h n d -> b n (h d)").to(q.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
+@cached_signature
+class TemporalAttnProcessor(AttnProcessor2_0):
+    """diffusers' SDPA processor, for the temporal attentions (its signature read once, not per call)."""
 
 
 class TemporalTransformer(AnimateDiffTransformer3D):
@@ -105,6 +55,10 @@ class TemporalTransformer(AnimateDiffTransformer3D):
         )
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
+        processor = TemporalAttnProcessor()
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.set_processor(processor)
 
     def forward(self, hidden_states: torch.Tensor, num_frames: int = 1,  # type: ignore[override]
                 **_: Any) -> torch.Tensor:
@@ -151,7 +105,7 @@ def build_spatial_blocks(cfg: FYEConfig, motion: bool) -> tuple[nn.ModuleList, n
 
     def temporal(channels: int, count: int) -> nn.ModuleList:
         return nn.ModuleList(TemporalTransformer(channels, cfg.motion_heads, cfg.motion_layers,
-                                                 cfg.norm_num_groups, cfg.motion_max_len) for _ in range(count))
+                                                 cfg.motion_norm_groups, cfg.motion_max_len) for _ in range(count))
 
     down = nn.ModuleList()
     out_ch = boc[0]
@@ -188,7 +142,7 @@ def build_spatial_blocks(cfg: FYEConfig, motion: bool) -> tuple[nn.ModuleList, n
 
 def set_reference_processors(module: nn.Module) -> None:
     """Give every spatial attention (not the temporal ones) a :class:`ReferenceAttnProcessor`."""
-    from diffusers.models.attention_processor import Attention
+    from .reference_attention import ReferenceAttnProcessor
 
     processor = ReferenceAttnProcessor()
     for name, sub in module.named_modules():

@@ -10,6 +10,8 @@ from typing import Any
 from ..errors import InvalidRequestError
 
 IMAGE_PROMPT_KINDS = ("linear", "qformer")
+MOTION_NORM_GROUPS = 32
+"""GroupNorm groups of AnimateDiff's (and the released) temporal transformers, whatever the UNet's own count."""
 
 # The scheduler the released weights were trained with (configs/infer.yaml of the authors' code, with
 # `enable_zero_snr: True`): DDIM over the SD-1.5 betas, v-prediction, zero terminal SNR, trailing steps.
@@ -53,6 +55,10 @@ class FYEConfig:
     motion_layers: int = 1
     motion_max_len: int = 32
     motion_mid_block: bool = True
+    # GroupNorm groups of the temporal transformers. AnimateDiff's and the released motion modules never
+    # pass the UNet's group count and normalise with 32 groups at every size; configs stored before this
+    # field existed (this pack's own trainings) used norm_num_groups, which from_dict restores.
+    motion_norm_groups: int = MOTION_NORM_GROUPS
     # -- landmark guider ---------------------------------------------------------------------------
     guider_channels: tuple[int, ...] = (16, 32, 96, 256)
     guider_in_channels: int = 3
@@ -121,6 +127,10 @@ class FYEConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise InvalidRequestError(f"unknown FYEConfig fields {unknown}; known fields: {sorted(names)}")
+        data = dict(data)
+        if "motion_norm_groups" not in data:
+            # Stored before the field existed: the temporal layers then used the spatial group count.
+            data["motion_norm_groups"] = data.get("norm_num_groups", cls.norm_num_groups)
         return cls(**data)
 
     def to_json(self) -> str:
@@ -165,6 +175,10 @@ class FYEConfig:
                 problems.append(f"channels {c} not divisible by attention_heads {self.attention_heads}")
             if c % self.motion_heads:
                 problems.append(f"channels {c} not divisible by motion_heads {self.motion_heads}")
+            if c % self.motion_norm_groups:
+                problems.append(f"channels {c} not divisible by motion_norm_groups {self.motion_norm_groups} (the "
+                                f"temporal layers' GroupNorm; released and AnimateDiff weights use "
+                                f"{MOTION_NORM_GROUPS})")
         if self.cover_channels not in (0, self.in_channels + 1):
             problems.append(f"cover_channels must be 0 or {self.in_channels + 1} (covered latents + mask), "
                             f"got {self.cover_channels}")

@@ -12,6 +12,7 @@ from .appearance import AppearanceNet
 from .config import FYEConfig
 from .guider import LandmarkGuider
 from .image_prompt import build_image_prompt
+from .reference_attention import ReferenceContext
 from .unet import DenoisingUNet
 
 COMPONENTS = ("appearance", "unet", "guider", "image_prompt")
@@ -63,6 +64,16 @@ class FollowYourEmoji(nn.Module):
         self.appearance.gradient_checkpointing = enabled
         self.unet.gradient_checkpointing = enabled
 
+    def set_motion_norm_groups(self, groups: int) -> None:
+        """Make the temporal layers normalise with ``groups`` GroupNorm groups (the config records it)."""
+        from .blocks import TemporalTransformer
+
+        config = self.config.replace(motion_norm_groups=int(groups))  # validates the channel counts
+        for module in self.unet.modules():
+            if isinstance(module, TemporalTransformer):
+                module.norm.num_groups = int(groups)
+        self.config = self.appearance.config = self.unet.config = config
+
     # -- the sampler's interface ---------------------------------------------------------------------
     def encode_image_prompt(self, clip_tokens: torch.Tensor, for_appearance: bool = False) -> torch.Tensor:
         """CLIP tokens [B,T,clip_dim] → prompt tokens [B,T',D] for the UNet (or the appearance net)."""
@@ -112,15 +123,39 @@ class FollowYourEmoji(nn.Module):
                                       f"latent's ({ref_latent.shape[0]})")
         return self.appearance(ref_latent, context)
 
-    def denoise(self, sample: torch.Tensor, timestep: torch.Tensor | int, prompt_tokens: torch.Tensor,
-                banks: Sequence[torch.Tensor] | None, landmark_features: torch.Tensor | None = None,
+    def prepare_reference(self, prompt_tokens: torch.Tensor, banks: Sequence[torch.Tensor] | None,
+                          bank_mask: torch.Tensor | None = None) -> ReferenceContext:
+        """The per-video part of :meth:`denoise`: key/value projections of the banks and prompt tokens.
+
+        Pass the result as ``banks`` (with ``prompt_tokens=None``) to every :meth:`denoise` of the video; it
+        computes what those arguments would, without projecting them again at every step and window.
+        """
+        self._check_banks(prompt_tokens.shape[0], banks, bank_mask)
+        return self.unet.prepare_reference(prompt_tokens, banks, bank_mask)
+
+    def _check_banks(self, b: int, banks, bank_mask) -> None:
+        if banks is not None:
+            banks = list(banks)
+            if len(banks) != self.bank_count:
+                raise InvalidRequestError(f"expected {self.bank_count} appearance banks, got {len(banks)}")
+            bad = [i for i, bank in enumerate(banks) if bank.shape[0] != b]
+            if bad:
+                raise InvalidRequestError(f"appearance banks {bad} have batch {banks[bad[0]].shape[0]}, the sample "
+                                          f"{b}; stack the banks like the sample (uncond, cond)")
+        if bank_mask is not None and tuple(bank_mask.shape) != (b,):
+            raise InvalidRequestError(f"bank_mask must be [{b}] booleans; got {tuple(bank_mask.shape)}")
+
+    def denoise(self, sample: torch.Tensor, timestep: torch.Tensor | int, prompt_tokens: torch.Tensor | None,
+                banks: Sequence[torch.Tensor] | ReferenceContext | None,
+                landmark_features: torch.Tensor | None = None,
                 covered: torch.Tensor | None = None, cover_mask: torch.Tensor | None = None,
                 temporal: bool = True, bank_mask: torch.Tensor | None = None,
                 on_block: Callable[[str], None] | None = None) -> torch.Tensor:
         """One UNet evaluation: sample [B,4,F,h,w] at ``timestep`` → model output [B,4,F,h,w].
 
         ``prompt_tokens`` [B,T',D]; ``banks`` from :meth:`appearance_banks` with the same batch B (or
-        None: no reference attention); ``bank_mask`` [B] bool, False rows ignore their bank (the released
+        None: no reference attention), or what :meth:`prepare_reference` made of both (then
+        ``prompt_tokens`` may be None); ``bank_mask`` [B] bool, False rows ignore their bank (the released
         unconditional branch); ``landmark_features`` [B,C0,F,h,w]; ``covered`` [B,4,F,h,w] are the known
         latents with covered frames zeroed and ``cover_mask`` [B,1,F,h,w] is 1 where a frame is covered
         (unknown), 0 where it is given — both only with ``config.cover_channels``; when omitted, every frame
@@ -135,18 +170,14 @@ class FollowYourEmoji(nn.Module):
         if temporal and frames > self.max_frames:
             raise InvalidRequestError(f"{frames} frames exceed the temporal layers' maximum of {self.max_frames}; "
                                       "split the video into context windows")
-        if prompt_tokens.shape[0] != b:
-            raise InvalidRequestError(f"prompt tokens have batch {prompt_tokens.shape[0]}, the sample {b}")
-        if banks is not None:
-            banks = list(banks)
-            if len(banks) != self.bank_count:
-                raise InvalidRequestError(f"expected {self.bank_count} appearance banks, got {len(banks)}")
-            bad = [i for i, bank in enumerate(banks) if bank.shape[0] != b]
-            if bad:
-                raise InvalidRequestError(f"appearance banks {bad} have batch {banks[bad[0]].shape[0]}, the sample "
-                                          f"{b}; stack the banks like the sample (uncond, cond)")
-        if bank_mask is not None and tuple(bank_mask.shape) != (b,):
-            raise InvalidRequestError(f"bank_mask must be [{b}] booleans; got {tuple(bank_mask.shape)}")
+        if isinstance(banks, ReferenceContext):
+            if banks.batch != b:
+                raise InvalidRequestError(f"the prepared reference holds {banks.batch} clips, the sample {b}")
+        else:
+            if prompt_tokens is None or prompt_tokens.shape[0] != b:
+                raise InvalidRequestError(f"prompt tokens must have the sample's batch {b}; got "
+                                          f"{None if prompt_tokens is None else prompt_tokens.shape[0]}")
+            self._check_banks(b, banks, bank_mask)
         if landmark_features is not None:
             expected = (b, cfg.guider_out_channels, frames, h, w)
             if tuple(landmark_features.shape) != expected:

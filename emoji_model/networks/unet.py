@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import InvalidRequestError
 from .blocks import build_spatial_blocks, maybe_checkpoint, set_reference_processors
 from .config import FYEConfig
+from .reference_attention import ReferenceContext, prepare_reference, spatial_transformers
 from .walk import WalkHooks, needs_upsample_sizes, walk_unet
 
 
@@ -43,14 +44,28 @@ class DenoisingUNet(nn.Module):
         set_reference_processors(self)
         self.gradient_checkpointing = False
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, prompt_tokens: torch.Tensor,
-                banks: list[torch.Tensor] | None = None, bank_mask: torch.Tensor | None = None,
+    def transformers(self):
+        """(name, spatial transformer) in the order the walk runs them (the order of the appearance banks)."""
+        prefixes = [f"down_blocks.{i}" for i in range(len(self.down_blocks))] + ["mid_block"] + [
+            f"up_blocks.{i}" for i in range(len(self.up_blocks))]
+        return spatial_transformers([*self.down_blocks, self.mid_block, *self.up_blocks], prefixes)
+
+    def prepare_reference(self, prompt_tokens: torch.Tensor, banks: Sequence[torch.Tensor] | None,
+                          bank_mask: torch.Tensor | None = None) -> ReferenceContext:
+        """Key/value projections of the banks and prompt tokens, reusable at every step of a video."""
+        dtype = self.conv_in.weight.dtype
+        return prepare_reference(self.transformers(), prompt_tokens.to(dtype),
+                                 None if banks is None else [b.to(dtype) for b in banks], bank_mask)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, prompt_tokens: torch.Tensor | None,
+                banks: Sequence[torch.Tensor] | ReferenceContext | None = None, bank_mask: torch.Tensor | None = None,
                 landmark_features: torch.Tensor | None = None, cover: torch.Tensor | None = None,
                 temporal: bool = True, on_block: Callable[[str], None] | None = None) -> torch.Tensor:
         """Model output [B,C,F,h,w] for a sample [B,C,F,h,w] (see FollowYourEmoji.denoise).
 
-        ``on_block(name)`` is called after every resnet, transformer and temporal module (see
-        :class:`WalkHooks`).
+        ``banks`` are the raw appearance banks, or a :class:`ReferenceContext` prepared from them and the
+        prompt tokens once per video (then ``prompt_tokens`` may be None). ``on_block(name)`` is called
+        after every resnet, transformer and temporal module (see :class:`WalkHooks`).
         """
         b, _, frames, _, _ = sample.shape
         ckpt = self.gradient_checkpointing and self.training
@@ -66,20 +81,18 @@ class DenoisingUNet(nn.Module):
             raise InvalidRequestError(f"timestep has {t.shape[0]} entries for a batch of {b}")
         emb = self.time_embedding(self.time_proj(t).to(dtype))
         emb = repeat(emb, "b c -> (b f) c", f=frames)
-        ctx = repeat(prompt_tokens.to(dtype), "b t d -> (b f) t d", f=frames)
-        bank_iter = iter(banks) if banks is not None else None
-        bank_rows = _bank_rows(bank_mask, frames, x.device)
+        context = banks if isinstance(banks, ReferenceContext) else self.prepare_reference(prompt_tokens, banks,
+                                                                                           bank_mask)
+        if context.batch != b:
+            raise InvalidRequestError(f"the reference context holds {context.batch} clips, the sample {b}")
+        cross = x.new_empty(0)  # marks attn2 as cross-attention; its keys and values come from the context
 
-        def attend(attn, h, context, bank, rows):
-            kwargs = {"num_frames": frames}
-            if bank is not None:
-                kwargs.update(bank=bank, bank_rows=rows)
-            return attn(h, encoder_hidden_states=context, cross_attention_kwargs=kwargs, return_dict=False)[0]
+        def attend(attn, h, layer):
+            kwargs = {"num_frames": frames, "layer": layer}
+            return attn(h, encoder_hidden_states=cross, cross_attention_kwargs=kwargs, return_dict=False)[0]
 
         def inject_bank(name: str, attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
-            # Banks come in UNet order, one per spatial transformer.
-            bank = next(bank_iter).to(dtype) if bank_iter is not None else None
-            return maybe_checkpoint(ckpt, attend, attn, h, ctx, bank, bank_rows)
+            return maybe_checkpoint(ckpt, attend, attn, h, context.layers[name])
 
         def run_motion(name: str, module: nn.Module, h: torch.Tensor) -> torch.Tensor:
             return maybe_checkpoint(ckpt, module, h, frames)
@@ -91,18 +104,5 @@ class DenoisingUNet(nn.Module):
         h = walk_unet(self.down_blocks, self.mid_block, self.up_blocks, h, emb, hooks, checkpoint=ckpt,
                       upsample_sizes=needs_upsample_sizes(x, self.config.levels))
 
-        if bank_iter is not None and next(bank_iter, None) is not None:
-            raise InvalidRequestError("more appearance banks were given than the UNet has attention layers")
         h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
         return rearrange(h, "(b f) c h w -> b c f h w", f=frames)
-
-
-def _bank_rows(bank_mask: torch.Tensor | None, frames: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Indices of the (b f) rows that attend to their bank and of those that do not; None when all do."""
-    if bank_mask is None:
-        return None
-    rows = repeat(bank_mask.to(device=device, dtype=torch.bool).reshape(-1), "b -> (b f)", f=frames)
-    if bool(rows.all()):
-        return None
-    return rows.nonzero().flatten(), (~rows).nonzero().flatten()
