@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -70,21 +71,31 @@ def landmark_features(model, control, device, dtype, chunk: int = 16, store=None
     return torch.cat(parts, dim=2)
 
 
+# Landmark-guider features kept between windows: about 200 frames at 512 px in fp16 (2.6 MB a frame), 100 in
+# float32; a longer track encodes the frames it forgot again when a window needs them.
+FEATURE_STORE_BYTES = 512 * 2 ** 20
+
+
 class LandmarkFeatures:
     """Landmark-guider features of a track, computed when a window first asks for a frame, once per frame.
 
     ``control`` gives control renders uint8 [n,H,W,3] when indexed by a list of frames (an array, or
     :class:`LazyControls`, which draws them then): a frame is rendered and encoded once, in chunks of
     ``chunk`` frames on ``device``, and kept on ``store`` (default ``device``; the host, so that the
-    accelerator holds only the window) until :meth:`release`.
+    accelerator holds only the window) until :meth:`release`. At most ``keep_bytes`` of features are kept:
+    past that the frames asked for longest ago are forgotten and encoded again when a window needs them,
+    so a long track at 512 px (2.6 MB of fp16 features a frame) costs a bounded store, not one per frame.
     """
 
-    def __init__(self, model, control, device, dtype, store=None, chunk: int = 16):
+    def __init__(self, model, control, device, dtype, store=None, chunk: int = 16,
+                 keep_bytes: int | None = None):
         if len(control) == 0:
             raise InvalidRequestError("the landmark track has zero frames")
         self.model, self.control, self.device, self.dtype = model, control, device, dtype
         self.store, self.chunk = store or device, chunk
-        self.frames: dict[int, torch.Tensor] = {}  # frame -> [C,h,w]
+        self.keep_bytes = FEATURE_STORE_BYTES if keep_bytes is None else keep_bytes
+        self.frames: OrderedDict[int, torch.Tensor] = OrderedDict()  # frame -> [C,h,w], least recently asked first
+        self.encoded = 0  # frames encoded so far (a frame forgotten and asked again counts twice)
 
     def __len__(self) -> int:
         return len(self.control)
@@ -99,9 +110,26 @@ class LandmarkFeatures:
             for s in range(0, len(missing), self.chunk):
                 part = missing[s:s + self.chunk]
                 feats = self.model.encode_landmarks(_to_control_tensor(self.control[part], self.device, self.dtype))
+                self.encoded += len(part)
                 for k, i in enumerate(part):
                     self.frames[i] = feats[0, :, k].to(self.store)
-        return torch.stack([self.frames[i] for i in frames], dim=1)[None].to(self.device)
+        out = torch.stack([self.frames[i] for i in frames], dim=1)[None].to(self.device)
+        for i in frames:
+            self.frames.move_to_end(i)
+        self._forget(keep=set(frames))
+        return out
+
+    def stored_bytes(self) -> int:
+        """Bytes of the features kept now."""
+        return sum(t.numel() * t.element_size() for t in self.frames.values())
+
+    def _forget(self, keep: set[int]) -> None:
+        if not self.frames:
+            return
+        per_frame = next(iter(self.frames.values()))
+        limit = max(len(keep), self.keep_bytes // max(1, per_frame.numel() * per_frame.element_size()))
+        while len(self.frames) > limit:
+            self.frames.popitem(last=False)
 
     def of(self, frames) -> _FeatureSubset:
         """The features of a stage: window positions 0..len(frames)-1 are the track's ``frames``."""
