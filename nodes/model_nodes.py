@@ -28,6 +28,7 @@ class FYEModel:
     config: Any  # emoji_model.networks.FYEConfig
     dtype: Any  # torch.dtype of the weights
     source: str
+    noise_share: float = 0.0  # starting noise shared by all frames: the bundled model's setting, 0 (released) else
 
     @property
     def scheduler(self) -> dict:
@@ -121,8 +122,12 @@ class LoadModel:
             load_sd_unet(model, runtime.find_model("checkpoints", sd_checkpoint), base=base, weight=sd_strength)
         if motion_module and motion_module != NONE:
             load_motion_module(model, runtime.find_model("animatediff_models", motion_module))
+        from emoji_model.bundled import BUNDLED_SAMPLING, is_bundled
+
         source = ", ".join(p.name for p in paths)
-        return (FYEModel(handle=runtime.manage(model), config=model.config, dtype=torch_dtype, source=source),)
+        share = BUNDLED_SAMPLING["noise_share"] if len(paths) == 1 and is_bundled(paths[0]) else 0.0
+        return (FYEModel(handle=runtime.manage(model), config=model.config, dtype=torch_dtype, source=source,
+                         noise_share=share),)
 
 
 class ReferenceEncoder:

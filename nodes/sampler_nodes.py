@@ -138,7 +138,8 @@ class _Sampler:
         for encoding, track in pairs:
             check_track_matches_reference(track, encoding)  # before anything is loaded or sampled
         settings = SamplerSettings(steps=steps, cfg=cfg, scheduler=SCHEDULER_KEYS.get(scheduler, scheduler),
-                                   seed=seed, window=window, overlap=overlap, fusion=fusion, loop=bool(loop))
+                                   seed=seed, window=window, overlap=overlap, fusion=fusion, loop=bool(loop),
+                                   noise_share=getattr(fye_model, "noise_share", 0.0))
         settings.validate(fye_model.config.motion_max_len)
         h, w = pairs[0][0].size
         need = activation_memory(fye_model.config, min(window, max(len(t) for _, t in pairs)), (h // 8, w // 8),

@@ -132,3 +132,25 @@ def test_animate_loop_option_wraps_the_sampler_windows():
     assert not animate.settings_from_args(parser.parse_args(base)).loop
     windows = context_windows(48, 16, 4, 2, loop=animate.settings_from_args(parser.parse_args(base + ["--loop"])).loop)
     assert any(w[-1] < w[0] for w in windows)                  # a window runs past the end into the start
+
+
+def test_the_sampler_node_uses_the_models_noise_share(tiny, monkeypatch):
+    from dataclasses import replace
+
+    from emoji_model.constants import LATENT_SCALE
+    from emoji_model.pipeline import LazyControls, generate_latents
+    from emoji_model.sampling import SamplerSettings
+    from nodes.model_nodes import LoadModel
+    from nodes.sampler_nodes import TemporalSampler
+
+    monkeypatch.setattr(rt, "_default", rt.StandaloneRuntime(device="cpu"))
+    assert LoadModel().load("bundled/demo_tiny.safetensors", "fp32")[0].noise_share == 1.0  # its training setting
+    fye, ref, aligned = tiny
+    assert fye.noise_share == 0.0
+    (shared, _) = TemporalSampler().sample(replace(fye, noise_share=1.0), ref, aligned, 2, 3.5, 3, "ddim", 8, 2,
+                                           "pyramid")
+    direct = generate_latents(fye.handle, ref, LazyControls(aligned, ref.size), SamplerSettings(steps=2, cfg=3.5, seed=3, window=8, overlap=2,
+                                                                        noise_share=1.0), device="cpu")
+    torch.testing.assert_close(shared["samples"], direct / LATENT_SCALE)  # LATENT: unscaled, for VAE Decode
+    (plain, _) = TemporalSampler().sample(fye, ref, aligned, 2, 3.5, 3, "ddim", 8, 2, "pyramid")
+    assert (plain["samples"] - shared["samples"]).abs().mean() > 1e-3
