@@ -23,6 +23,8 @@ BUNDLED_SIZE = 64                                     # the resolution it was tr
 # How the bundled model samples best: one starting noise for every frame (its temporal layers are small, so
 # independent noise flickers more than the landmarks move), no guidance beyond the reference itself.
 BUNDLED_SAMPLING = {"steps": 20, "cfg": 1.5, "noise_share": 1.0}
+BUNDLED_CROP_MARGIN = 1.6  # face crop of its training clips (face height × margin); 1.8 suits SD-1.5-size models
+CROP_MARGIN = 1.8
 BUNDLED_NOTICE = ("the bundled 64-pixel model made by this pack's trainer (a demonstration model, not a "
                   "substitute for SD-1.5-size weights)")
 # Model kind (emoji_model.runtime.MODEL_KINDS) -> the bundled file of that kind, and its name in model lists.

@@ -220,4 +220,5 @@ def test_evaluate_command_on_the_bundled_and_a_converted_released_checkpoint(tmp
                  "--json", str(cross)]) == 0
     report = json.loads(cross.read_text())
     assert report["mode"] == "cross-reenactment" and report["l1"] is None and report["reference_l1"] > 0
+    assert report["crop_margin"] == 1.8  # the face crop a full-size model animates, as the demo does
     assert all(k in report for k in METRIC_KEYS) and report["landmark_error"] is None

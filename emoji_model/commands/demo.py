@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from skimage import data
 
     from ..align import align_motion
-    from ..bundled import BUNDLED_SAMPLING
+    from ..bundled import BUNDLED_CROP_MARGIN, BUNDLED_SAMPLING, CROP_MARGIN
     from ..crop import crop_face, paste_back
     from ..editor import animate_face
     from ..landmarks import extract_image, extract_video, render_frame
@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
                                    window=min(16, model.max_frames), overlap=4)
         # As the example graphs do: crop the face (the bundled model was trained on face crops of 1.6× the
         # face box), animate the crop, paste it back into the portrait with a mask that follows the face.
-        crop, info, crop_track = crop_face(reference[None], ref_track, margin=1.8 if real else 1.6, size=size,
-                                           runtime=rt)
+        margin = CROP_MARGIN if real else BUNDLED_CROP_MARGIN
+        crop, info, crop_track = crop_face(reference[None], ref_track, margin=margin, size=size, runtime=rt)
         crop_image = (np.clip(crop[0], 0, 1) * 255 + 0.5).astype(np.uint8)
         moving = align_motion(crop_track, drv_track)
         chunks = animate(model, crop_image, moving, vae, encoder, settings=settings, size=(size, size),
