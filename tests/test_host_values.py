@@ -15,6 +15,7 @@ import torch
 import emoji_model.runtime as rt
 from emoji_model.errors import InvalidRequestError
 from landmark_inputs import astronaut_track, driving_frames, driving_track
+from nodes.host import StandaloneVideo
 
 
 class FileVideo:
@@ -38,20 +39,8 @@ class FileVideo:
         return self.count
 
 
-class VideoFromComponents:
+class VideoFromComponents(StandaloneVideo):
     """Like ComfyUI's VideoFromComponents: tensors in memory (named like it: the nodes tell them apart so)."""
-
-    def __init__(self, images, frame_rate, audio=None):
-        self.images, self.frame_rate, self.audio = images, frame_rate, audio
-
-    def get_components(self):
-        return self
-
-    def get_frame_rate(self):
-        return self.frame_rate
-
-    def get_frame_count(self):
-        return len(self.images)
 
 
 @pytest.fixture()
